@@ -1,0 +1,90 @@
+"""Listing ``<parent>/<class>/<image>`` folders, shared by the folder-based readers."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from ray_fer.data.formats.base import DatasetFormatError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def folder_key(name: str) -> str:
+    """A folder name as looked up in class maps.
+
+    NFC-normalised because macOS (and archives made there) store names decomposed (NFD):
+    a Korean folder name typed in a map would otherwise never match the one on disk.
+    """
+    return unicodedata.normalize("NFC", name)
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """Non-hidden directories directly inside ``folder``, sorted by name."""
+    if not folder.is_dir():
+        raise DatasetFormatError(f"{folder}: not a folder (does the path exist?)")
+    return sorted(
+        (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def image_files(folder: Path, *, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and below it when ``recursive``), sorted by relative path.
+
+    Hidden files and files of other types (``Thumbs.db``, notes) are not images and are
+    left out; a folder with no image at all is an error.
+    """
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    images = sorted(
+        (
+            p
+            for p in candidates
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            and p.is_file()
+        ),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+    if not images:
+        raise DatasetFormatError(
+            f"{folder}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this class folder; "
+            "add its images or remove the folder"
+        )
+    return images
+
+
+def class_images(
+    parent: Path,
+    class_map: Mapping[str, str],
+    *,
+    ignore_unknown: bool = False,
+    recursive: bool = False,
+    hint: str = "",
+) -> Iterator[tuple[str, Path]]:
+    """``(class name, image path)`` for every image in the class folders of ``parent``.
+
+    ``class_map`` maps folder names (NFC, see :func:`folder_key`) to class names. A folder
+    missing from it is an error naming the folder (``hint`` says what to do), or skipped
+    when ``ignore_unknown``. Folders are visited in name order, images in path order.
+    """
+    folders = subfolders(parent)
+    if not folders:
+        raise DatasetFormatError(f"{parent}: no class folders inside; expected <class>/<image>")
+    for folder in folders:
+        key = folder_key(folder.name)
+        if key not in class_map:
+            if ignore_unknown:
+                continue
+            raise DatasetFormatError(
+                f"{folder}: unknown class folder {folder.name!r}; expected one of: "
+                f"{', '.join(sorted(class_map))}" + (f". {hint}" if hint else "")
+            )
+        for image in image_files(folder, recursive=recursive):
+            yield class_map[key], image
+
+
+def relative_posix(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` with forward slashes, as stored in ``source_file``."""
+    return path.relative_to(root).as_posix()

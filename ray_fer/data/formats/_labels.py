@@ -1,0 +1,64 @@
+"""Reading label files line by line, and human emotion ratings as soft labels.
+
+Shared by the readers whose labels come from text files (JAFFE, Taiwanese, AffectNet,
+AFEW-VA): every error names the file and the line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from ray_fer.data.formats.base import DatasetFormatError
+
+
+def utf8_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path`` decoded as UTF-8 (a leading BOM dropped), streamed.
+
+    Decoding line by line keeps memory flat for large CSVs and lets a bad byte be
+    reported with its exact line.
+    """
+    try:
+        f = path.open("rb")
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+    with f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DatasetFormatError(
+                    f"{path}, line {number}: not UTF-8 text (byte {raw[exc.start]:#04x} at "
+                    f"column {exc.start + 1}); save the file as UTF-8"
+                ) from None
+            yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+def read_utf8(path: Path) -> str:
+    """The whole of ``path`` as UTF-8 text; errors name the file and line."""
+    return "".join(utf8_lines(path))
+
+
+def parse_float(text: str, where: str, column: str) -> float:
+    """``text`` as a float; DatasetFormatError naming ``where`` (file, line) and ``column``."""
+    try:
+        return float(text)
+    except ValueError:
+        raise DatasetFormatError(f"{where}, column {column!r}: {text!r} is not a number") from None
+
+
+def emotion_soft_label(
+    weights: Mapping[str, float], class_names: Sequence[str]
+) -> tuple[float, ...] | None:
+    """Non-negative per-emotion ``weights`` as a distribution over ``class_names``.
+
+    Classes without a weight (neutral, for raters who could only choose among six
+    emotions) get 0. None when every weight is 0: nothing to learn from.
+    """
+    unknown = set(weights) - set(class_names)
+    if unknown:
+        raise ValueError(f"weights for unknown classes {sorted(unknown)}")
+    total = sum(weights.values())
+    if total <= 0:
+        return None
+    return tuple(weights.get(name, 0.0) / total for name in class_names)

@@ -1,0 +1,125 @@
+"""The contract every dataset reader fulfils.
+
+A reader turns one public dataset layout into a stream of :class:`SourceItem` (cheap
+metadata, listed in one pass so folds can be assigned before any pixel is decoded) and
+loads each item's pixels on demand with :meth:`Reader.load`. Face detection, cropping,
+resizing and shard writing happen downstream (``faces`` → ``shards``); a reader never
+resizes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+#: Canonical split names in shards. Official names are kept in the manifest's
+#: ``split_source`` (e.g. FER2013 ``PublicTest`` → ``val``).
+SPLITS = ("train", "val", "test")
+NAN = math.nan
+
+
+class DatasetFormatError(ValueError):
+    """Input does not match the published layout; the message names file and column."""
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One face to ingest, before its pixels are decoded.
+
+    ``source_file`` is relative to the dataset root (it is stored in shards, so absolute
+    paths of the ingesting machine never leak). ``pixels`` carries inline images (CSV
+    formats) so that :meth:`Reader.load` need not reopen the file.
+    """
+
+    source_file: str
+    label: int = -1
+    label_name: str = ""
+    soft_label: tuple[float, ...] | None = None
+    valence: float = NAN
+    arousal: float = NAN
+    subject_id: str = ""
+    split: str = "train"
+    #: Known face box (x, y, w, h) in source pixels; no detection is run when set.
+    box: tuple[float, float, float, float] | None = None
+    #: Known landmarks [(x, y), ...]; a box is derived from them when ``box`` is None.
+    landmarks: tuple[tuple[float, float], ...] | None = None
+    #: True when the image is a whole photo in which the face must be found.
+    needs_detection: bool = False
+    pixels: bytes | None = field(default=None, repr=False)
+    #: Frame index or similar disambiguation for multi-face sources (e.g. video frames).
+    key: str = ""
+
+
+class Reader(Protocol):
+    """A dataset layout. Implementations are small modules registered in ``formats``."""
+
+    #: CLI name, e.g. ``fer2013-folders``.
+    name: str
+    #: Dataset name stored in every row, e.g. ``fer2013``.
+    dataset: str
+
+    def class_names(self, root: Path) -> list[str]:
+        """Label index → name, in the order of ``SourceItem.label``."""
+        ...
+
+    def scan(self, root: Path) -> Iterator[SourceItem]:
+        """List every item under ``root`` (metadata only, no pixel decoding).
+
+        Raises :class:`DatasetFormatError` naming the file (and column) for malformed
+        input, and for a root with nothing to read.
+        """
+        ...
+
+    def load(self, root: Path, item: SourceItem) -> np.ndarray:
+        """Decode ``item``'s pixels: uint8 array, HxW (gray) or HxWx3 (RGB)."""
+        ...
+
+    def split_source(self) -> dict[str, str]:
+        """Canonical split → the dataset's own name for it (empty without official splits)."""
+        ...
+
+
+ReaderFactory = Callable[..., Reader]
+
+
+def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
+    """Decode an image file (or its bytes) to uint8 HxW or HxWx3 RGB; clear error if unreadable."""
+    import cv2
+
+    buf = np.frombuffer(data if data is not None else _read_bytes(path), dtype=np.uint8)
+    if buf.size == 0:
+        raise DatasetFormatError(f"{path}: empty file, not an image")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DatasetFormatError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    if img.dtype != np.uint8:
+        img = cv2.convertScaleAbs(img, alpha=255.0 / max(float(img.max()), 1.0))
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+        else:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(img)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DatasetFormatError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def require_columns(path: Path, header: Sequence[str], needed: Sequence[str]) -> None:
+    """Raise naming ``path`` and every missing column when ``header`` lacks one of ``needed``."""
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise DatasetFormatError(
+            f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}"
+        )

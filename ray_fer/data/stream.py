@@ -1,0 +1,360 @@
+"""Per-epoch training views, augmentation and per-worker batch iteration for Ray Train.
+
+Flow: :func:`open_split` (from :mod:`ray_fer.data.shard_source`) reads a shard prefix
+into a Ray Dataset of decoded columns (for training, in a seeded new block order each
+epoch); :func:`apply_data_augmentation` adds CPU-side augmentation when asked; the
+trainer splits datasets across workers with :func:`data_config` (no row dropped); each
+Ray Train worker iterates its shard with :func:`iter_train_batches` /
+:func:`iter_eval_batches`, which hand over uint8 pixels (4x fewer bytes than float),
+pinned and non-blocking, then normalise and augment on the worker's device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.data
+import ray.train
+import torch
+import torch.nn.functional as F
+from ray.data.collate_fn import ArrowBatchCollateFn
+
+from ray_fer.data.shard_source import (
+    BLOCK_BYTES,
+    DECODED_COLUMNS,
+    PASSTHROUGH_COLUMNS,
+    ROW_ID_STRIDE,
+    open_split,
+)
+
+__all__ = [
+    "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "AugmentConfig",
+    "augment_batch", "data_config", "epoch_seed", "iter_eval_batches", "iter_train_batches",
+    "normalise", "open_split", "apply_data_augmentation",
+]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (all of it configurable from YAML; defaults suit 48 px faces).
+
+    ``where="worker"`` runs :func:`augment_batch` in the train worker on its device, seeded
+    from (seed, epoch, rank), so a fixed seed reproduces every batch; ``where="data"`` runs
+    it on Ray Data's CPU workers (:func:`apply_data_augmentation`), unseeded.
+    """
+
+    enabled: bool = True
+    hflip: bool = True
+    max_rotate_deg: float = 10.0
+    max_translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    crop_padding: int = 0
+    erasing_p: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.2)
+    where: str = "worker"
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; keep tuples so the config stays hashable and comparable.
+        object.__setattr__(self, "scale", tuple(float(x) for x in self.scale))
+        object.__setattr__(self, "erasing_area", tuple(float(x) for x in self.erasing_area))
+        problems = []
+        if self.where not in ("worker", "data"):
+            problems.append(f"where={self.where!r} (use 'worker' or 'data')")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            problems.append(f"scale={self.scale} (need 0 < min <= max)")
+        lo, hi = self.erasing_area if len(self.erasing_area) == 2 else (1.0, 0.0)
+        if not 0 <= lo <= hi <= 1:
+            problems.append(f"erasing_area={self.erasing_area} (need 0 <= min <= max <= 1)")
+        if not 0 <= self.erasing_p <= 1:
+            problems.append(f"erasing_p={self.erasing_p} (need 0..1)")
+        if self.max_rotate_deg < 0 or self.max_translate < 0 or self.crop_padding < 0:
+            problems.append("max_rotate_deg, max_translate and crop_padding must be >= 0")
+        if problems:
+            raise ValueError("invalid augment config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> AugmentConfig:
+        """Build from a YAML mapping; unknown keys are an error naming them."""
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any rotation/translation/scale/crop is on (needs a grid_sample)."""
+        return (self.max_rotate_deg > 0 or self.max_translate > 0 or self.crop_padding > 0
+                or self.scale != (1.0, 1.0))
+
+
+# ----------------------------------------------------------------------- augmentation
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device
+             ) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def _affine(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    n, _, h, w = images.shape
+    dev = images.device
+    angle = torch.deg2rad(_uniform(n, -cfg.max_rotate_deg, cfg.max_rotate_deg, g, dev))
+    scale = _uniform(n, cfg.scale[0], cfg.scale[1], g, dev)
+    # Normalised coordinates span 2 per image side: a shift of f * size is 2f.
+    tx = _uniform(n, -cfg.max_translate, cfg.max_translate, g, dev) * 2
+    ty = _uniform(n, -cfg.max_translate, cfg.max_translate, g, dev) * 2
+    if cfg.crop_padding:
+        p = cfg.crop_padding
+        tx = tx + torch.randint(-p, p + 1, (n,), generator=g, device=dev) * (2.0 / w)
+        ty = ty + torch.randint(-p, p + 1, (n,), generator=g, device=dev) * (2.0 / h)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # theta maps output to input coordinates: rotate by -angle, zoom by 1/scale, shift.
+    theta = torch.stack([torch.stack([cos, sin, tx], 1), torch.stack([-sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
+
+
+def _erase(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
+    n, c, h, w = images.shape
+    dev = images.device
+    apply = torch.rand(n, generator=g, device=dev) < cfg.erasing_p
+    area = _uniform(n, cfg.erasing_area[0], cfg.erasing_area[1], g, dev) * (h * w)
+    # Aspect ratio log-uniform in [0.3, 1/0.3] as in Zhong et al. (2020).
+    ratio = torch.exp(_uniform(n, math.log(0.3), math.log(1 / 0.3), g, dev))
+    eh = torch.sqrt(area * ratio).round().clamp(1, h)
+    ew = torch.sqrt(area / ratio).round().clamp(1, w)
+    y0 = (torch.rand(n, generator=g, device=dev) * (h - eh + 1)).floor()
+    x0 = (torch.rand(n, generator=g, device=dev) * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=dev)
+    xs = torch.arange(w, device=dev)
+    in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])
+    in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])
+    mask = (in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None])[:, None]
+    # Random values over the normalised pixel range, as the paper fills with random pixels.
+    noise = torch.rand(images.shape, generator=g, device=dev, dtype=images.dtype) * 2 - 1
+    return torch.where(mask, noise, images)
+
+
+def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
+                  ) -> torch.Tensor:
+    """Augment normalised float images (N, C, H, W) on their device; same shape out.
+
+    Per image: a horizontal flip (exact, by indexing), then one ``affine_grid`` /
+    ``grid_sample`` for rotation, translation, scale and padded random crop (areas
+    outside the source are 0, mid-gray after normalisation), then random erasing with
+    uniform noise in [-1, 1]. Every random draw comes from ``generator`` (which must live
+    on the images' device) in a fixed order, so a seed reproduces the batch exactly.
+    """
+    if not cfg.enabled:
+        return images
+    n = images.shape[0]
+    if cfg.hflip:
+        flip = torch.rand(n, generator=generator, device=images.device) < 0.5
+        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+    if cfg.geometric:
+        images = _affine(images, cfg, generator)
+    if cfg.erasing_p > 0:
+        images = _erase(images, cfg, generator)
+    return images
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, C) → float (N, C, H, W) in [-1, 1]: ``(x / 255 - 0.5) / 0.5``."""
+    return images.permute(0, 3, 1, 2).float().mul_(2 / 255).sub_(1)
+
+
+def _denormalise(images: torch.Tensor) -> torch.Tensor:
+    return images.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _augment_on_cpu(batch: dict[str, np.ndarray], cfg: AugmentConfig) -> dict[str, np.ndarray]:
+    """Ray Data UDF for ``where="data"``: augments the uint8 images of a numpy batch."""
+    g = torch.Generator()
+    g.seed()  # unseeded on purpose: Ray Data does not tell a UDF which epoch it serves
+    images = normalise(torch.from_numpy(batch["image"]))
+    batch["image"] = _denormalise(augment_batch(images, cfg, g)).contiguous().numpy()
+    return batch
+
+
+def apply_data_augmentation(ds: ray.data.Dataset, augment: AugmentConfig) -> ray.data.Dataset:
+    """``ds`` with augmentation on Ray Data's CPU workers when ``augment.where == "data"``.
+
+    Otherwise ``ds`` itself (``"worker"`` placement augments in :func:`iter_train_batches`).
+    Images stay uint8 (augmented, then re-quantised) so transfers stay small. Unseeded:
+    Ray Data does not tell a UDF which epoch it serves, so this placement is not
+    reproducible; ``"worker"`` is.
+    """
+    if not (augment.enabled and augment.where == "data"):
+        return ds
+    return ds.map_batches(_augment_on_cpu, fn_kwargs={"cfg": augment}, batch_format="numpy",
+                          batch_size=None)
+
+
+# -------------------------------------------------------------------------- iteration
+
+
+class _TensorCollate(ArrowBatchCollateFn):
+    """Arrow batch → dict of CPU tensors; uint8 pixels stay uint8 until the device."""
+
+    def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in batch.column_names:
+            col = batch[name]
+            array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+            values = (array.to_numpy() if isinstance(array, pa.ExtensionArray)
+                      else array.to_numpy(zero_copy_only=False))
+            if values.dtype == object:
+                continue  # strings (passthrough columns) have no tensor form
+            # Arrow memory is read-only; a copy (microseconds per batch) gives tensors
+            # that callers may safely modify in place.
+            writable = values.flags.writeable and values.flags.c_contiguous
+            out[name] = torch.from_numpy(values if writable else np.array(values, order="C"))
+        return out
+
+
+def _world_rank() -> int:
+    try:
+        return ray.train.get_context().get_world_rank()
+    except RuntimeError:  # outside a Ray Train worker (tests, benchmarks): one process
+        return 0
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """A 63-bit seed for (seed, epoch, rank): independent streams per worker and epoch."""
+    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2)
+    return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def _tensor_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
+                    device: torch.device, drop_last: bool, shuffle_buffer: int,
+                    shuffle_seed: int | None, prefetch_batches: int
+                    ) -> Iterable[dict[str, torch.Tensor]]:
+    device = torch.device(device)
+    return shard.iter_torch_batches(
+        batch_size=batch_size, collate_fn=_TensorCollate(), device=device,
+        pin_memory=device.type == "cuda", drop_last=drop_last,
+        prefetch_batches=prefetch_batches,
+        local_shuffle_buffer_size=max(shuffle_buffer, batch_size) if shuffle_buffer else None,
+        local_shuffle_seed=shuffle_seed if shuffle_buffer else None,
+    )
+
+
+def _finish(batch: dict[str, torch.Tensor], images: torch.Tensor, channels_last: bool
+            ) -> dict[str, torch.Tensor]:
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    batch["image"] = images.contiguous(memory_format=layout)
+    return batch
+
+
+def iter_train_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
+                       device: torch.device, augment: AugmentConfig, seed: int, epoch: int,
+                       channels_last: bool = False, drop_last: bool = False,
+                       shuffle_buffer: int = 0, prefetch_batches: int = 4,
+                       rank: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of training batches from ``shard`` on ``device``.
+
+    ``shard`` is ``ray.train.get_dataset_shard(name)`` or a Dataset. Yields ``image``
+    float (N, C, H, W) in [-1, 1] (augmented when ``augment.where == "worker"``), and
+    ``label``, ``soft_label``, ``valence``, ``arousal``, ``row`` as they are in the dataset.
+    Batches are collated from Arrow in Ray's prefetch threads, copied to ``device`` from
+    pinned memory without blocking, and normalised there. ``shuffle_buffer`` > 0 mixes
+    rows in a buffer of that many rows. Shuffle and augmentation draw from seeds of
+    (``seed``, ``epoch``, ``rank`` (default: this worker's world rank)), so with a fixed
+    input order the batches are identical run to run.
+    """
+    device = torch.device(device)
+    rank = _world_rank() if rank is None else rank
+    worker_seed = epoch_seed(seed, epoch, rank)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(worker_seed)
+    on_worker = augment.enabled and augment.where == "worker"
+    for batch in _tensor_batches(shard, batch_size=batch_size, device=device,
+                                 drop_last=drop_last, shuffle_buffer=shuffle_buffer,
+                                 shuffle_seed=worker_seed % 2**32,
+                                 prefetch_batches=prefetch_batches):
+        images = normalise(batch["image"])
+        if on_worker:
+            images = augment_batch(images, augment, generator)
+        yield _finish(batch, images, channels_last)
+
+
+def iter_eval_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
+                      device: torch.device, channels_last: bool = False,
+                      prefetch_batches: int = 4) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches from ``shard``: like :func:`iter_train_batches`, no augmentation,
+    no shuffling, every row (no ``drop_last``)."""
+    for batch in _tensor_batches(shard, batch_size=batch_size, device=device, drop_last=False,
+                                 shuffle_buffer=0, shuffle_seed=None,
+                                 prefetch_batches=prefetch_batches):
+        yield _finish(batch, normalise(batch["image"]), channels_last)
+
+
+# ------------------------------------------------------------------- worker splitting
+
+
+class FullCoverageDataConfig(ray.train.DataConfig):
+    """Ray Train's DataConfig, but splitting with ``streaming_split(equal=False)``.
+
+    Ray 2.60's ``DataConfig.configure`` calls ``streaming_split(n, equal=True)``, which
+    drops rows (up to ``n - 1`` per epoch) to give every worker exactly as many rows.
+    Here no row is dropped: each worker receives whole blocks, greedily to the worker
+    with the fewest rows so far, so shares differ by at most about one block.
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        split_names = (set(datasets) if self._datasets_to_split == "all"
+                       else set(self._datasets_to_split))
+        hints = worker_node_ids if self._enable_shard_locality else None
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            if name in split_names:
+                for i, it in enumerate(ds.streaming_split(world_size, equal=False,
+                                                          locality_hints=hints)):
+                    output[i][name] = it
+            else:
+                for i in range(world_size):
+                    output[i][name] = ds.iterator()
+        return output
+
+
+def data_config(*, datasets_to_split: Sequence[str] | str = "all",
+                preserve_order: bool = True) -> ray.train.DataConfig:
+    """How the trainer splits datasets across workers: disjoint, complete, no row dropped.
+
+    Each worker's ``get_dataset_shard(name)`` yields a disjoint part of the dataset, and
+    together the workers see every row exactly once per epoch, for ``train`` and ``val``
+    alike. Consequence for DDP: workers may get a different number of rows, hence of
+    batches (at most about one block, :data:`BLOCK_BYTES`, apart), so the training loop
+    must not assume equal step counts: wrap the epoch in
+    ``torch.distributed.algorithms.Join([model])`` (DDP supports it) or all-reduce the
+    step count and stop collectives together; evaluation must all-reduce sums (correct,
+    count), never average per-worker means.
+
+    ``preserve_order=True`` (default) makes Ray Data emit blocks in order and disables
+    locality-based dispatch, so which rows each worker gets, and in which order, is the
+    same run to run for a fixed number of workers (with ``open_split(shuffle_seed=...)``
+    and the seeded ``shuffle_buffer``, batches are reproducible). Set it to False
+    for throughput on multi-node clusters; then coverage still holds, the assignment
+    does not.
+    """
+    from ray.data import ExecutionOptions
+
+    to_split = datasets_to_split if datasets_to_split == "all" else list(datasets_to_split)
+    base = ray.data.DataContext.get_current().execution_options
+    options = ExecutionOptions(resource_limits=base.resource_limits,
+                               exclude_resources=base.exclude_resources,
+                               preserve_order=preserve_order)
+    return FullCoverageDataConfig(datasets_to_split=to_split, execution_options=options)

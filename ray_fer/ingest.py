@@ -1,0 +1,299 @@
+"""``python -m ray_fer.ingest <format> <source> --out <uri>``: a dataset → Parquet face shards.
+
+Pipeline: the reader lists every item (metadata only) → subject-independent k-folds are
+assigned to the train split → a process pool decodes and prepares faces in ordered
+chunks → :class:`~ray_fer.data.shards.ShardWriter` streams them into shards → the
+manifest is written last. At most a few chunks are in flight, so memory stays bounded
+whatever the dataset size, and the output depends only on the source and the options
+(re-running gives byte-identical shards and manifest). Any failure leaves no manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import os
+import sys
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from ray_fer.data.faces import FaceSpec, prepare_face
+from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
+from ray_fer.data.shards import FaceRow, Manifest, ShardError, ShardWriter, invalidate
+from ray_fer.data.splits import assign_folds
+from ray_fer.storage import Location, StorageError, check_reachable, resolve
+
+#: (size, channels) of formats whose images are already face crops: kept as they are.
+NATIVE_SHAPES = {
+    "fer2013-csv": (48, 1),
+    "fer2013-folders": (48, 1),
+    "ferplus": (48, 1),
+    "ckplus48": (48, 1),
+}
+#: Everything else (whole photos, RGB): 64 px RGB is the face autoencoder's input, and
+#: the classifiers resize to their own input size anyway.
+DEFAULT_SHAPE = (64, 3)
+#: Items per pool task: large enough to amortise inter-process transfer, small enough
+#: that the few chunks in flight hold only a few MiB.
+CHUNK = 256
+#: Chunks in flight per worker; bounds memory when the writer is slower than the pool.
+AHEAD_PER_WORKER = 2
+NO_FACE = "no face found"
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a pool worker needs besides the items (pickled once per chunk; small)."""
+
+    reader: Reader
+    root: Path
+    spec: FaceSpec
+
+
+def _prepare_chunk(job: _Job, items: Sequence[SourceItem]) -> tuple[np.ndarray, list[bool]]:
+    """Decode and prepare ``items``: (faces found stacked, found flag per item)."""
+    shape = (job.spec.size, job.spec.size, job.spec.channels)
+    faces = np.empty((len(items), *shape), np.uint8)
+    found = []
+    for item in items:
+        image = job.reader.load(job.root, item)
+        try:
+            face = prepare_face(image, item, job.spec)
+        except DatasetFormatError:
+            raise
+        except ValueError as exc:  # e.g. an unsupported pixel type: name the file
+            raise DatasetFormatError(f"{item.source_file}: {exc}") from exc
+        if face is not None:
+            if face.shape != shape or face.dtype != np.uint8:
+                raise ValueError(f"{item.source_file}: prepared face is {face.shape} "
+                                 f"{face.dtype}, expected {shape} uint8")
+            faces[sum(found)] = face
+        found.append(face is not None)
+    return faces[: sum(found)], found
+
+
+def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
+    """``map(fn, chunks)`` over ``workers`` processes, in order, with bounded look-ahead."""
+    if workers == 1:
+        yield from map(fn, chunks)
+        return
+    # forkserver: workers do not inherit the parent's S3 client threads (fork-unsafe).
+    ctx = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    todo = iter(chunks)
+    try:
+        pending = deque(pool.submit(fn, c) for c in islice(todo, workers * AHEAD_PER_WORKER))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, c) for c in islice(todo, 1))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _chunks(items: Sequence[SourceItem], size: int) -> list[Sequence[SourceItem]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _fold_of_items(items: Sequence[SourceItem], k: int, seed: int) -> tuple[list[int], str]:
+    """Fold per item (-1 outside train) and what the folds group by (subject or row)."""
+    train = [i for i, item in enumerate(items) if item.split == "train"]
+    subjects = [items[i].subject_id for i in train]
+    by = "subject" if any(subjects) else "row"
+    groups = len(set(subjects)) if by == "subject" else len(train)
+    if train and groups < k:
+        raise ValueError(
+            f"--folds {k} needs at least {k} {by}s in the train split, found {groups}; "
+            f"use --folds {max(groups, 1)} or fewer"
+        )
+    folds = [-1] * len(items)
+    for i, fold in zip(train, assign_folds(subjects, k, seed), strict=True):
+        folds[i] = fold
+    return folds, by
+
+
+def _check_options(size: int | None, channels: int | None, folds: int,
+                   workers: int | None) -> None:
+    if size is not None and not 8 <= size <= 1024:
+        raise ValueError(f"--size must be between 8 and 1024 px, got {size}")
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
+    if folds < 1:
+        raise ValueError(f"--folds must be >= 1, got {folds}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+
+
+def ingest(format: str, source: str | Path, out: str, *, size: int | None = None,
+           channels: int | None = None, folds: int = 10, seed: int = 0,
+           endpoint: str | None = None, workers: int | None = None,
+           reader_options: dict | None = None, progress: bool = True) -> Manifest:
+    """Ingest dataset ``source`` in layout ``format`` into face shards at ``out``.
+
+    ``size``/``channels`` default to the dataset's native crop (48 px gray for FER2013,
+    FER+ and CK+48) and to 64 px RGB for whole photos. ``folds`` subject-independent folds
+    (seeded by ``seed``) are assigned to the train split; other splits get fold -1.
+    Raises :class:`DatasetFormatError`, :class:`StorageError`, :class:`ShardError` or
+    ``ValueError`` with a message naming the file, column or endpoint; on any failure
+    the prefix is left without a manifest.
+    """
+    _check_options(size, channels, folds, workers)
+    reader = get_reader(format, **(reader_options or {}))
+    native_size, native_channels = NATIVE_SHAPES.get(format, DEFAULT_SHAPE)
+    spec = FaceSpec(size=size or native_size, channels=channels or native_channels)
+    loc = resolve(out, endpoint)
+    check_reachable(loc)
+    invalidate(loc)  # before anything can fail, so that a failed run never looks done
+    root = Path(source)
+    items = list(reader.scan(root))
+    if not items:
+        raise DatasetFormatError(f"{root}: no images found for format {format!r}")
+    class_names = reader.class_names(root)
+    fold_of, by = _fold_of_items(items, folds, seed)
+    try:
+        return _write(reader, root, items, fold_of, class_names, spec, loc,
+                      workers=min(workers or os.cpu_count() or 1, -(-len(items) // CHUNK)),
+                      folds={"k": folds, "seed": seed, "by": by, "split": "train"},
+                      progress=progress)
+    except OSError as exc:
+        raise StorageError(f"writing {loc.uri}{_at(loc)} failed: {exc}") from exc
+
+
+def _at(loc: Location) -> str:
+    return f" at endpoint {loc.endpoint}" if loc.endpoint else ""
+
+
+def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[int],
+           class_names: list[str], spec: FaceSpec, loc: Location, *, workers: int,
+           folds: dict, progress: bool) -> Manifest:
+    from tqdm import tqdm
+
+    writer = ShardWriter(loc, (spec.size, spec.size, spec.channels), class_names)
+    chunks = _chunks(range(len(items)), CHUNK)
+    job = _Job(reader=reader, root=root, spec=spec)
+    results = _ordered_map(partial(_prepare_chunk, job), [[items[i] for i in c] for c in chunks],
+                           workers)
+    no_face: list[str] = []
+    rows_per_fold: Counter[int] = Counter()
+    subjects_per_fold: dict[int, set[str]] = {}
+    # Faces searched for (detected, or cropped from a given box or landmarks): only these
+    # can come back "no face"; already-cropped images are kept whole.
+    attempted = sum(item.needs_detection or item.box is not None or item.landmarks is not None
+                    for item in items)
+    with contextlib.closing(results), tqdm(
+            total=len(items), unit="face", desc=f"ingest {reader.dataset}",
+            disable=not progress, file=sys.stderr) as bar:
+        for index, (faces, found) in zip(chunks, results, strict=True):
+            kept = iter(faces)
+            for i, ok in zip(index, found, strict=True):
+                item = items[i]
+                if not ok:
+                    no_face.append(item.source_file)
+                    continue
+                writer.add(_row(item, next(kept), fold_of[i], reader.dataset))
+                if fold_of[i] >= 0:
+                    rows_per_fold[fold_of[i]] += 1
+                    subjects_per_fold.setdefault(fold_of[i], set()).add(item.subject_id)
+            bar.update(len(index))
+    k = folds["k"]
+    folds = folds | {"rows_per_fold": [rows_per_fold[f] for f in range(k)]}
+    if folds["by"] == "subject":
+        folds["subjects_per_fold"] = [len(subjects_per_fold.get(f, ())) for f in range(k)]
+    skipped = list(getattr(reader, "skipped", [])) + [
+        {"file": f, "reason": NO_FACE} for f in no_face]
+    return writer.finish(
+        dataset=reader.dataset, format=reader.name, split_source=reader.split_source(),
+        folds=folds, skipped=skipped,
+        face_detection={"attempted": attempted, "found": attempted - len(no_face),
+                        "failed": no_face},
+    )
+
+
+def _row(item: SourceItem, image: np.ndarray, fold: int, dataset: str) -> FaceRow:
+    return FaceRow(
+        image=image, label=item.label, label_name=item.label_name,
+        soft_label=item.soft_label, valence=item.valence, arousal=item.arousal,
+        subject_id=item.subject_id, split=item.split, fold=fold, dataset=dataset,
+        source_file=item.source_file,
+    )
+
+
+def _load_class_map(path: str) -> dict[str, str]:
+    """A folder → class mapping from a YAML or JSON file; clear error when malformed."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"--class-map {path}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--class-map {path}: not valid YAML/JSON ({exc})") from exc
+    if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"--class-map {path}: expected a mapping of folder name → class name")
+    return data
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ray_fer.data.formats import FORMATS
+
+    p = argparse.ArgumentParser(
+        prog="python -m ray_fer.ingest",
+        description="Ingest a face dataset into Parquet face shards (local folder or s3://).",
+    )
+    p.add_argument("format", choices=sorted(FORMATS), help="the dataset's layout")
+    p.add_argument("source", help="dataset folder or file (any string for 'synthetic')")
+    p.add_argument("--out", required=True, help="shard prefix: a folder or s3://bucket/prefix")
+    p.add_argument("--size", type=int, help="face side in px (default: native crop, else 64)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="1 gray or 3 RGB (default: native, else 3)")
+    p.add_argument("--folds", type=int, default=10, help="k of the k-fold column (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
+    p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
+    p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    """CLI entry; returns the exit code. User errors print one line, no traceback."""
+    args = _parser().parse_args(None if argv is None else list(argv))
+    try:
+        options = {"class_map": _load_class_map(args.class_map)} if args.class_map else {}
+        manifest = ingest(
+            args.format, args.source, args.out, size=args.size, channels=args.channels,
+            folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,
+            reader_options=options, progress=not args.no_progress,
+        )
+    except (DatasetFormatError, StorageError, ShardError, ValueError) as exc:
+        print(f"ingest failed: {exc} (no manifest written)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("ingest interrupted (no manifest written)", file=sys.stderr)
+        return 130
+    print(_summary(manifest, args.out))
+    return 0
+
+
+def _summary(manifest: Manifest, out: str) -> str:
+    h, w, c = manifest.image_shape
+    splits = ", ".join(f"{s} {sum(n.values())}" for s, n in manifest.counts.items())
+    fd = manifest.face_detection
+    detect = f"; faces found {fd['found']}/{fd['attempted']}" if fd.get("attempted") else ""
+    return (
+        f"wrote {manifest.num_rows} faces ({h}x{w}x{c}) in {len(manifest.shards)} shard(s) "
+        f"to {out}: {splits}{detect}; skipped {len(manifest.skipped)}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Building blocks shared by several models (stem adaptation, pretrained weights, attention)."""

@@ -1,0 +1,1 @@
+"""Figures and tables made from results (they read results; they never train)."""

@@ -1,0 +1,1 @@
+"""Training: the Ray Train loop, per-method steps, losses and metrics."""

@@ -1,0 +1,140 @@
+"""Checkpoint directories: what one epoch of any method leaves behind.
+
+A checkpoint is a folder (Ray Train copies it to the run's storage, local or s3://):
+
+- ``state.pt``: state dicts of every named module, optimizer and LR scheduler, and the
+  loop's progress (epoch, best metric and epoch, metric history);
+- ``config.yaml``: the run's full :class:`~ray_fer.config.Config`;
+- ``meta.json``: method, epoch, class names, input shape, metric, this epoch's metrics
+  and the history, readable without torch.
+
+No RNG state is stored: the loop reseeds every epoch from (seed, epoch, rank), so a
+resumed run draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import torch
+from torch import nn
+
+from ray_fer.config import Config
+from ray_fer.storage import resolve
+from ray_fer.train.steps import DataInfo
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint folder is missing or incomplete; the message names it."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: the next epoch to train, the best so far, every epoch's metrics."""
+
+    next_epoch: int = 0
+    best_value: float | None = None
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Loaded:
+    """A checkpoint read back: config, data description, progress and raw state dicts."""
+
+    cfg: Config
+    info: DataInfo
+    progress: Progress
+    meta: dict
+    state: dict
+
+    def restore(self, modules: dict[str, nn.Module],
+                optimizers: dict[str, torch.optim.Optimizer] | None = None,
+                schedulers: dict | None = None) -> None:
+        """Load the saved state dicts into the given objects (matched by name)."""
+        groups = [("modules", modules), ("optimizers", optimizers or {}),
+                  ("schedulers", schedulers or {})]
+        for kind, objects in groups:
+            saved = self.state[kind]
+            missing = sorted(set(objects) - set(saved))
+            if missing:
+                raise CheckpointError(f"checkpoint has no {kind} named {missing}")
+            for name, obj in objects.items():
+                obj.load_state_dict(saved[name])
+
+
+def save_checkpoint(directory: str | Path, *, cfg: Config, info: DataInfo,
+                    modules: dict[str, nn.Module], optimizers: dict, schedulers: dict,
+                    progress: Progress, metrics: dict, metric: str, mode: str) -> None:
+    """Write one checkpoint folder (``state.pt``, ``config.yaml``, ``meta.json``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+        "progress": asdict(progress),
+    }
+    torch.save(state, directory / STATE_FILE)
+    (directory / CONFIG_FILE).write_text(cfg.to_yaml())
+    meta = {
+        "method": cfg.method,
+        "model": cfg.model_name,
+        "epoch": progress.next_epoch - 1,
+        "class_names": info.class_names,
+        "image_size": info.image_size,
+        "channels": info.channels,
+        "metric": metric,
+        "mode": mode,
+        "best_value": progress.best_value,
+        "best_epoch": progress.best_epoch,
+        "metrics": metrics,
+        "history": progress.history,
+    }
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
+    """Read a local checkpoint folder written by :func:`save_checkpoint`."""
+    directory = Path(directory)
+    for name in (STATE_FILE, CONFIG_FILE, META_FILE):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory}: not a ray_fer checkpoint ({name} missing)")
+    import yaml
+
+    cfg = Config.from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
+    meta = json.loads((directory / META_FILE).read_text())
+    state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=True)
+    info = DataInfo(class_names=list(meta["class_names"]), image_size=int(meta["image_size"]),
+                    channels=int(meta["channels"]))
+    return Loaded(cfg=cfg, info=info, progress=Progress(**state["progress"]), meta=meta,
+                  state=state)
+
+
+@contextlib.contextmanager
+def local_checkpoint(uri: str, endpoint: str | None = None) -> Iterator[Path]:
+    """A local folder holding the checkpoint at ``uri`` (downloaded first if it is on S3)."""
+    loc = resolve(uri, endpoint)
+    info = loc.fs.get_file_info(loc.join(META_FILE))
+    if info.type != pafs.FileType.File:
+        raise CheckpointError(
+            f"{uri}: not a ray_fer checkpoint ({META_FILE} missing); pass a checkpoint "
+            "folder such as <storage>/<run>/checkpoint_epoch-0004"
+        )
+    if not loc.is_s3:
+        yield Path(loc.path)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray_fer-ckpt-") as tmp:
+        pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+        yield Path(tmp)

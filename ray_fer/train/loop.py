@@ -1,0 +1,569 @@
+"""The one Ray Train loop every method runs: epochs, metrics, checkpoints, resume, logs.
+
+Driver side (:func:`train`): validate the config and the data before Ray starts, open the
+train/validation splits as Ray Datasets, build a ``TorchTrainer`` whose run lives at
+``<run.storage>/<run.name>`` (local folder or s3://), fit, then write ``history.json`` and
+``curves.png`` next to the checkpoints.
+
+Worker side (:func:`train_loop_per_worker`), per epoch: reseed from (seed, epoch, rank);
+train on this worker's disjoint part of the training rows; evaluate every validation row
+once across workers; all-reduce the method's sums; report the metrics (with ``lr``,
+``best_epoch``) and a checkpoint to Ray Train; log TensorBoard scalars from rank 0.
+
+Uneven shards: :func:`ray_fer.data.stream.data_config` hands workers whole blocks, so their
+batch counts may differ by a block's worth. Before each training step the workers agree,
+over a small gloo group on the CPU (no GPU sync), whether *every* worker still has a batch;
+the epoch ends for all at the first worker that runs out. DDP's collectives therefore always
+match; the rows a worker had left are not trained on in that epoch (at most about one
+block per worker; the seeded block order changes which). ``Join`` was the alternative, but
+it shadows only DDP's own collectives and would not cover a method's extra ones (CAF's
+critic and encoder steps), nor the BatchNorm buffer broadcasts of several modules.
+Evaluation runs on the plain (non-DDP) modules with no collective per batch, so every
+validation row is seen once and the sums are all-reduced at the end.
+
+Resume: Ray Train hands the latest checkpoint of a run back through
+``ray.train.get_checkpoint()`` when a run with the same storage and name starts again
+(``--resume``) or when the worker group restarts after a failure (``run.max_failures``);
+the loop loads modules, optimizers, schedulers and progress and continues at the next
+epoch. Augmentation and local shuffling are seeded by (seed, epoch, rank) and the
+stream's block order by Ray Data's execution index, which the driver sets to the epoch
+the run resumes at, so a resumed run on one CPU worker reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow.fs as pafs
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ray_fer.config import Config, ConfigError
+from ray_fer.data import stream
+from ray_fer.data.shards import read_manifest
+from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
+from ray_fer.train.checkpoint import META_FILE, Progress, load_checkpoint, save_checkpoint
+from ray_fer.train.steps import (
+    DataInfo,
+    Method,
+    Sums,
+    TrainState,
+    data_shape,
+    fit_images,
+    method_for,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint_epoch-"
+TENSORBOARD_DIR = "tensorboard"
+SYNTHETIC_MAX_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the driver resolved for the workers (plain values: it travels to them)."""
+
+    config: dict
+    data_uri: str
+    run_uri: str
+    class_names: list[str]
+    image_size: int
+    channels: int
+    train_rows: int
+    steps_per_epoch: int
+    start_epoch: int
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a finished run left: its folder, last metrics, best and latest checkpoints."""
+
+    run_uri: str
+    metrics: dict
+    history: list[dict]
+    best_checkpoint: str | None
+    latest_checkpoint: str | None
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def resolve_data_uri(cfg: Config) -> str:
+    """The configured shard prefix, or the embedded synthetic set in the run's channels.
+
+    The synthetic faces are drawn at most 64 px (larger inputs are upsampled on the worker),
+    so a quick start with a 224 px model does not first draw thousands of large faces.
+    """
+    if cfg.data.uri:
+        return cfg.data.uri
+    from ray_fer.data.synthetic import ensure_default_shards
+
+    size, channels = data_shape(cfg)
+    return ensure_default_shards(size=min(size, SYNTHETIC_MAX_SIZE), channels=channels)
+
+
+def run_location(cfg: Config) -> Location:
+    """Where the run's folder lives (``<storage>/<name>``)."""
+    return resolve(cfg.run.storage.rstrip("/") + "/" + cfg.run.name, cfg.data.endpoint)
+
+
+def with_run_name(cfg: Config) -> Config:
+    """``cfg`` with a run name: the configured one, else ``<method>-<UTC time>``."""
+    if cfg.run.name:
+        return cfg
+    from ray_fer.config import override
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return override(cfg, "run.name", f"{cfg.method}-{stamp}")
+
+
+def latest_checkpoint_epoch(run: Location) -> int | None:
+    """Epoch of the newest complete checkpoint folder of ``run`` (None when there is none)."""
+    selector = pafs.FileSelector(run.path, allow_not_found=True)
+    epochs = []
+    for item in run.fs.get_file_info(selector):
+        if item.type == pafs.FileType.Directory and item.base_name.startswith(CHECKPOINT_PREFIX):
+            meta = run.fs.get_file_info(run.join(item.base_name, META_FILE))
+            if meta.type == pafs.FileType.File:
+                epochs.append(int(item.base_name[len(CHECKPOINT_PREFIX):]))
+    return max(epochs) if epochs else None
+
+
+def plan_run(cfg: Config) -> tuple[Method, Plan]:
+    """Check everything that can be checked before Ray starts; errors name what to fix."""
+    method = method_for(cfg.method)
+    method.check_config(cfg)
+    set_endpoint(cfg.data.endpoint)
+    data_uri = resolve_data_uri(cfg)
+    data = resolve(data_uri, cfg.data.endpoint)
+    check_reachable(data)
+    manifest = read_manifest(data)
+    for split in [*cfg.data.train_splits, *([] if cfg.data.fold is not None
+                                           else [cfg.data.val_split])]:
+        if split not in manifest.counts:
+            raise ConfigError(f"config key 'data': split {split!r} has no rows in {data.uri} "
+                              f"(it has {sorted(manifest.counts)})")
+    run = run_location(cfg)
+    check_reachable(run)
+    exists = run.fs.get_file_info(run.join("config.yaml")).type == pafs.FileType.File
+    if exists and not cfg.run.resume:
+        raise ConfigError(f"run {run.uri} already exists; pass --resume to continue it or "
+                          "choose another --name")
+    if cfg.run.resume and not exists:
+        raise ConfigError(f"--resume: no run named {cfg.run.name!r} under {cfg.run.storage}")
+    done = latest_checkpoint_epoch(run) if exists else None
+    size, channels = data_shape(cfg)
+    rows = sum(sum(manifest.counts[s].values()) for s in cfg.data.train_splits)
+    if cfg.data.fold is not None:
+        rows -= _fold_rows(manifest, cfg.data.fold, data.uri)
+    per_step = cfg.train.batch_size * cfg.resources.workers
+    plan = Plan(config=cfg.to_dict(), data_uri=data.uri, run_uri=run.uri,
+                class_names=list(manifest.class_names), image_size=size, channels=channels,
+                train_rows=rows, steps_per_epoch=max(1, rows // per_step),
+                start_epoch=0 if done is None else done + 1)
+    return method, plan
+
+
+def _fold_rows(manifest, fold: int, where: str) -> int:
+    """Rows of ``fold`` (ingest records k and the rows per fold in the manifest)."""
+    per_fold = manifest.folds.get("rows_per_fold") or []
+    if not 0 <= fold < len(per_fold) or per_fold[fold] == 0:
+        raise ConfigError(f"config key 'data.fold': {where} has no rows in fold {fold} "
+                          f"(it has {len(per_fold)} folds; re-ingest with --folds K to "
+                          "change k)")
+    return int(per_fold[fold])
+
+
+def _datasets(cfg: Config, plan: Plan) -> dict:
+    fold = cfg.data.fold
+    train, _ = stream.open_split(plan.data_uri, splits=cfg.data.train_splits,
+                                 exclude_folds=None if fold is None else [fold],
+                                 endpoint=cfg.data.endpoint, shuffle_seed=cfg.train.seed)
+    if fold is None:
+        val, _ = stream.open_split(plan.data_uri, splits=[cfg.data.val_split],
+                                   endpoint=cfg.data.endpoint)
+    else:
+        val, _ = stream.open_split(plan.data_uri, splits=cfg.data.train_splits, folds=[fold],
+                                   endpoint=cfg.data.endpoint)
+    train = stream.apply_data_augmentation(train, cfg.augment)
+    # The stream draws each epoch's block order from (seed, Ray Data's execution index);
+    # starting the index at the resumed epoch gives the order an uninterrupted run had.
+    train.context._execution_idx = plan.start_epoch
+    return {"train": train, "val": val}
+
+
+def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | None = None,
+                  worker_fn: Callable[[dict], None] | None = None):
+    """The ``TorchTrainer`` of one run (Tune trials add their reporting ``callbacks``).
+
+    ``worker_fn`` replaces :func:`train_loop_per_worker` (it gets the plan as a dict).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    datasets = _datasets(cfg, plan)
+    run = resolve(plan.run_uri, cfg.data.endpoint)
+    storage = resolve(cfg.run.storage, cfg.data.endpoint)
+    res = cfg.resources
+    worker = {"CPU": res.cpus_per_worker}
+    if res.gpu:
+        worker["GPU"] = res.gpus_per_worker
+    scaling = ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpu,
+                                      resources_per_worker=worker)
+    run_config = ray.train.RunConfig(
+        name=cfg.run.name,
+        storage_path=storage.path,
+        storage_filesystem=storage.fs if storage.is_s3 else None,
+        checkpoint_config=ray.train.CheckpointConfig(
+            num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=method.metric,
+            checkpoint_score_order=method.mode),
+        failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures,
+                                               controller_failure_limit=0),
+        callbacks=callbacks,
+    )
+    _write_text(run, "config.yaml", cfg.to_yaml())
+    return TorchTrainer(worker_fn or train_loop_per_worker, train_loop_config=asdict(plan),
+                        scaling_config=scaling, run_config=run_config, datasets=datasets,
+                        dataset_config=stream.data_config())
+
+
+def _write_text(loc: Location, name: str, text: str | bytes) -> None:
+    if not loc.is_s3:
+        loc.fs.create_dir(loc.path, recursive=True)
+    data = text.encode() if isinstance(text, str) else text
+    with loc.fs.open_output_stream(loc.join(name)) as out:
+        out.write(data)
+
+
+def finish_run(cfg: Config, result) -> RunOutcome:
+    """After ``fit``: raise its error, write ``history.json`` and ``curves.png``."""
+    from ray_fer.reports.curves import plot_curves
+
+    if result.error is not None:
+        raise result.error
+    run = run_location(cfg)
+    latest = result.checkpoint
+    if latest is None:
+        raise RuntimeError(f"run {run.uri} reported no checkpoint")
+    with latest.filesystem.open_input_stream(f"{latest.path}/{META_FILE}") as f:
+        meta = json.loads(f.read().decode())
+    best_epoch = meta["metrics"]["best_epoch"]
+    best = next((c for c, m in result.best_checkpoints or [] if m.get("epoch") == best_epoch),
+                None)
+    history = meta["history"]
+    _write_text(run, "history.json", json.dumps(history, indent=2) + "\n")
+    _write_text(run, "curves.png", plot_curves(history, title=f"{cfg.method} · {cfg.run.name}"))
+
+    def uri(ckpt) -> str | None:
+        if ckpt is None:
+            return None
+        return ("s3://" + ckpt.path) if run.is_s3 else ckpt.path
+
+    return RunOutcome(run_uri=run.uri, metrics=meta["metrics"], history=history,
+                      best_checkpoint=uri(best), latest_checkpoint=uri(latest))
+
+
+def train(cfg: Config) -> RunOutcome:
+    """Run ``cfg`` to the end on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
+    import ray
+
+    from ray_fer.storage import ray_runtime_env
+
+    cfg = with_run_name(cfg)
+    method, plan = plan_run(cfg)
+    if not ray.is_initialized():
+        ray.init(runtime_env=ray_runtime_env() or None)
+    trainer = build_trainer(cfg, method, plan)
+    return finish_run(cfg, trainer.fit())
+
+
+def cross_validate(cfg: Config) -> dict:
+    """Train one run per fold (``<name>-fold<f>``) and summarise the best validation metric.
+
+    Writes ``<storage>/<name>-folds.json`` with each fold's best value and epoch and their
+    mean ± standard deviation (population std over folds, as the CK+ literature reports).
+    """
+    from ray_fer.config import override
+
+    cfg = with_run_name(cfg)
+    manifest = read_manifest(resolve(resolve_data_uri(cfg), cfg.data.endpoint))
+    k = int(manifest.folds.get("k") or 0)
+    if k < 2:
+        raise ConfigError(f"--fold all: {cfg.data.uri or 'the data'} has no k-fold "
+                          "assignment; ingest it with --folds K")
+    method = method_for(cfg.method)
+    folds = []
+    for fold in range(k):
+        fold_cfg = override(override(cfg, "data.fold", fold), "run.name",
+                            f"{cfg.run.name}-fold{fold}")
+        outcome = train(fold_cfg)
+        folds.append({"fold": fold, "run": outcome.run_uri,
+                      "best": outcome.metrics[f"best_{method.metric}"],
+                      "best_epoch": outcome.metrics["best_epoch"]})
+    values = np.array([f["best"] for f in folds], dtype=np.float64)
+    summary = {"method": cfg.method, "metric": method.metric, "k": k,
+               "mean": float(values.mean()), "std": float(values.std()), "folds": folds}
+    storage = resolve(cfg.run.storage, cfg.data.endpoint)
+    _write_text(storage, f"{cfg.run.name}-folds.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------- worker
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _wrap(module: nn.Module, cfg: Config, device: torch.device, world: int) -> nn.Module:
+    trainable = any(p.requires_grad for p in module.parameters())
+    if world > 1 and trainable:
+        module = nn.parallel.DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.train.compile:
+        # Static shapes: training drops its last partial batch, and the STN's affine_grid
+        # does not trace with dynamic shapes.
+        module = torch.compile(module, dynamic=False)
+    return module
+
+
+def _all_have(has_batch: bool, group) -> bool:
+    if group is None:
+        return has_batch
+    flag = torch.tensor([1 if has_batch else 0], dtype=torch.int32)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
+def _accumulate(total: Sums, part: Sums) -> None:
+    for key, value in part.items():
+        value = value.detach().double()
+        total[key] = total[key] + value if key in total else value
+
+
+def _all_reduce(sums: Sums, group) -> Sums:
+    """Sum the per-worker sums over all workers (a worker may lack keys: no rows seen)."""
+    local = {k: v.cpu() for k, v in sums.items()}
+    if group is None:
+        return local
+    gathered: list = [None] * dist.get_world_size(group)
+    dist.all_gather_object(gathered, local, group=group)
+    total: Sums = {}
+    for part in gathered:
+        _accumulate(total, part)
+    return total
+
+
+def fit_batch(batch: dict, info: DataInfo, channels_last: bool = False) -> dict:
+    """``batch`` with its images converted to the model's size and channels if needed."""
+    images = batch["image"]
+    if images.shape[1] != info.channels or images.shape[-1] != info.image_size:
+        images = fit_images(images, info.image_size, info.channels)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        batch["image"] = images
+    return batch
+
+
+def _batches(it: Iterator[dict], info: DataInfo, channels_last: bool) -> Iterator[dict]:
+    for batch in it:
+        yield fit_batch(batch, info, channels_last)
+
+
+def _train_epoch(method: Method, state: TrainState, shard, group, rank: int,
+                 channels_last: bool) -> tuple[Sums, int]:
+    cfg = state.cfg
+    for module in state.modules.values():
+        module.train()
+    batches = _batches(stream.iter_train_batches(
+        shard, batch_size=cfg.train.batch_size, device=state.device, augment=cfg.augment,
+        seed=cfg.train.seed, epoch=state.epoch, channels_last=channels_last, drop_last=True,
+        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank), state.info, channels_last)
+    sums: Sums = {}
+    steps = 0
+    while True:
+        batch = next(batches, None)
+        if not _all_have(batch is not None, group):
+            break
+        _accumulate(sums, method.train_batch(state, batch))
+        steps += 1
+    # Drain what this worker has left so Ray Data completes the epoch's execution (its
+    # execution index, hence the next epoch's block order, advances only then).
+    for _ in batches:
+        pass
+    return sums, steps
+
+
+@torch.no_grad()
+def evaluate_shard(method: Method, state: TrainState, shard, batch_size: int | None = None,
+                   channels_last: bool = False) -> Sums:
+    """The method's summed eval statistics over every row of ``shard`` (no collectives)."""
+    for module in state.modules.values():
+        module.eval()
+    sums: Sums = {}
+    batches = stream.iter_eval_batches(shard,
+                                       batch_size=batch_size or state.cfg.train.eval_batch_size,
+                                       device=state.device, channels_last=channels_last)
+    for batch in _batches(batches, state.info, channels_last):
+        _accumulate(sums, method.eval_batch(state, batch))
+    return sums
+
+
+class _Scalars:
+    """TensorBoard scalars of rank 0, under ``<run>/tensorboard``.
+
+    Local storage: written in place. S3: written to a local folder and copied up after
+    every epoch (event files are append-only and small), so TensorBoard can read
+    ``s3://.../<run>/tensorboard`` during the run.
+    """
+
+    def __init__(self, run_uri: str, endpoint: str | None) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.run = resolve(run_uri, endpoint)
+        self.tmp = tempfile.mkdtemp(prefix="ray_fer-tb-") if self.run.is_s3 else None
+        self.logdir = self.tmp or self.run.join(TENSORBOARD_DIR)
+        self.writer = SummaryWriter(self.logdir)
+
+    def write(self, metrics: dict, epoch: int) -> None:
+        for key, value in metrics.items():
+            if key == "epoch" or not isinstance(value, int | float):
+                continue
+            split, _, name = key.partition("_")
+            tag = f"{name}/{split}" if split in ("train", "val") and name else f"run/{key}"
+            self.writer.add_scalar(tag, value, epoch + 1)
+        self.writer.flush()
+        if self.tmp:
+            pafs.copy_files(self.tmp, self.run.join(TENSORBOARD_DIR),
+                            source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.run.fs)
+
+    def close(self) -> None:
+        self.writer.close()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` is the new best; a tie goes to the later epoch, as Ray Train's
+    CheckpointConfig ranks equal scores, so both name the same best checkpoint."""
+    return best is None or (value >= best if mode == "max" else value <= best)
+
+
+def _report(metrics: dict, state: TrainState, method: Method, progress: Progress,
+            rank: int) -> None:
+    import ray.train
+
+    name = f"{CHECKPOINT_PREFIX}{state.epoch:04d}"
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory(prefix="ray_fer-ckpt-") as tmp:
+        save_checkpoint(tmp, cfg=state.cfg, info=state.info, modules=state.modules,
+                        optimizers=state.optimizers, schedulers=state.schedulers,
+                        progress=progress, metrics=metrics, metric=method.metric,
+                        mode=method.mode)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=name)
+
+
+def build_state(method: Method, cfg: Config, info: DataInfo, device: torch.device,
+                steps_per_epoch: int) -> TrainState:
+    """Seeded fresh modules, optimizers and schedulers of ``method`` on ``device``."""
+    seed_everything(cfg.train.seed)
+    modules = method.build_modules(cfg, info)
+    for module in modules.values():
+        module.to(device)
+        if device.type == "cuda" and cfg.train.channels_last:
+            module.to(memory_format=torch.channels_last)
+    optimizers, schedulers = method.build_optimizers(cfg, modules, steps_per_epoch)
+    return TrainState(cfg=cfg, info=info, device=device, modules=modules,
+                      optimizers=optimizers, schedulers=schedulers)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train worker entry: the epochs of one run (see the module docstring)."""
+    plan = Plan(**loop_config)
+    run_worker(plan, method_for(plan.config["method"]))
+
+
+def run_worker(plan: Plan, method: Method) -> None:
+    """The epochs of one run on this worker, with ``method``'s steps."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = Config.from_dict(plan.config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.set_num_threads(cfg.resources.cpus_per_worker)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    channels_last = device.type == "cuda" and cfg.train.channels_last
+    info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
+                    channels=plan.channels)
+    state = build_state(method, cfg, info, device, plan.steps_per_epoch)
+    progress = Progress()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            loaded = load_checkpoint(folder, map_location=device)
+        loaded.restore(state.modules, state.optimizers, state.schedulers)
+        progress = loaded.progress
+        if progress.next_epoch != plan.start_epoch:
+            log.warning("resuming at epoch %d but the driver planned %d: the data order of "
+                        "the remaining epochs differs from an uninterrupted run",
+                        progress.next_epoch, plan.start_epoch)
+    state.train_modules = {k: _wrap(m, cfg, device, world) for k, m in state.modules.items()}
+    # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
+    group = dist.new_group(backend="gloo") if world > 1 else None
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    scalars = _Scalars(plan.run_uri, cfg.data.endpoint) if rank == 0 else None
+    try:
+        for epoch in range(progress.next_epoch, cfg.train.epochs):
+            state.epoch = epoch
+            seed_everything(stream.epoch_seed(cfg.train.seed, epoch, rank))
+            started = time.perf_counter()
+            train_sums, steps = _train_epoch(method, state, train_shard, group, rank,
+                                             channels_last)
+            train_time = time.perf_counter() - started
+            val_sums = evaluate_shard(method, state, val_shard, channels_last=channels_last)
+            train_sums = _all_reduce(train_sums, group)
+            val_sums = _all_reduce(val_sums, group)
+            metrics = {"epoch": epoch,
+                       **method.summarize(train_sums, "train", info),
+                       **method.summarize(val_sums, "val", info),
+                       "lr": state.lr(), "steps": steps,
+                       "rows_train": int(train_sums.get("count", 0)),
+                       "rows_val": int(val_sums.get("count", 0)),
+                       "time_train_s": train_time, "time_epoch_s": time.perf_counter() - started}
+            value = metrics[method.metric]
+            if _improved(value, progress.best_value, method.mode):
+                progress.best_value, progress.best_epoch = value, epoch
+            metrics["best_epoch"] = progress.best_epoch
+            metrics[f"best_{method.metric}"] = progress.best_value
+            progress.next_epoch = epoch + 1
+            progress.history.append(metrics)
+            _report(metrics, state, method, progress, rank)
+            if scalars is not None:
+                scalars.write(metrics, epoch)
+    finally:
+        if scalars is not None:
+            scalars.close()

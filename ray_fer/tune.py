@@ -1,0 +1,251 @@
+"""``python -m ray_fer.tune <method> [options]``: distributed hyperparameter search on Ray Tune.
+
+Optuna's TPE sampler (seeded) proposes values from ``search_spaces/<method>.yaml``, a
+concurrency limit bounds the trials in flight, ASHA stops weak trials early on the
+method's validation metric, and every trial is a ``ray_fer.train`` run on Ray Train.
+
+Examples::
+
+    python -m ray_fer.tune caf                              # embedded data, local Ray
+    python -m ray_fer.tune deep_emotion --data s3://b/fer2013 --num-samples 32 \\
+        --gpus-per-trial 0.25 --storage s3://b/searches --name de-l2
+    python -m ray_fer.tune deep_emotion --storage s3://b/searches --name de-l2 --resume
+    ray job submit --working-dir . -- python -m ray_fer.tune caf --storage s3://b/searches
+
+On a cluster (``ray job submit``, RAY_ADDRESS set) it connects to it; otherwise it
+starts a local Ray. Results: ``<storage>/<name>/`` holds Tune's trial folders with their
+TensorBoard files (``tensorboard --logdir <storage>/<name>``), ``results.csv``/``.md``,
+``best_config.yaml`` and ``best_checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from ray_fer.config import Config, ConfigError, build_config, override
+from ray_fer.storage import Location, StorageError, resolve
+from ray_fer.tuning.results import (
+    export_checkpoint,
+    results_csv,
+    results_markdown,
+    trial_rows,
+    write_text,
+)
+from ray_fer.tuning.space import SearchSpace, load_search_space
+
+#: Search settings and their defaults (the YAML's ``search_settings`` and the flags win).
+DEFAULT_SETTINGS = {"num_samples": 8, "max_concurrent": 2, "grace_period": 1,
+                    "reduction_factor": 2, "time_budget_s": None}
+#: The base config of an experiment, saved at its start so --resume continues it unchanged.
+BASE_FILE = "base_config.yaml"
+#: CPU reserved by each trial's driver; its Train workers reserve their own resources.
+TRIAL_DRIVER_CPU = 0.25
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ray_fer.tune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method", help="method to search (e.g. caf, deep_emotion, resnet50_icbam)")
+    p.add_argument("--space", help="search-space YAML (default search_spaces/<method>.yaml)")
+    p.add_argument("--data", help="shard prefix (local or s3://); default: synthetic faces")
+    p.add_argument("--num-samples", type=int, help="number of trials")
+    p.add_argument("--max-concurrent", type=int, help="trials running at once")
+    p.add_argument("--time-budget", type=float, dest="time_budget_s",
+                   help="stop starting trials after this many seconds")
+    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may stop")
+    p.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
+    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (DDP)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per Train worker; a fraction packs several trials on one GPU")
+    p.add_argument("--cpus-per-worker", type=int, help="CPUs per Train worker")
+    p.add_argument("--storage", default="results",
+                   help="folder or s3:// prefix for experiments (default results/)")
+    p.add_argument("--name", help="experiment name (default <method>-search)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted experiment --name (keeps finished trials)")
+    p.add_argument("--seed", type=int, default=0, help="Optuna TPE seed")
+    p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix any config key for every trial, e.g. --set data.fold=0")
+    return p
+
+
+def default_space_path(method: str) -> Path:
+    """``search_spaces/<method>.yaml`` in the working directory, else beside the package."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        path = root / "search_spaces" / f"{method}.yaml"
+        if path.is_file():
+            return path
+    raise ConfigError(f"no search space for {method!r}: expected search_spaces/{method}.yaml "
+                      "(or pass --space FILE)")
+
+
+def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
+    """The config every trial starts from, and the validated search space."""
+    from ray_fer.train.steps import method_for
+
+    method = method_for(args.method)
+    flags = {"data.uri": args.data, "data.endpoint": args.endpoint, "train.epochs": args.epochs,
+             "resources.workers": args.workers_per_trial,
+             "resources.cpus_per_worker": args.cpus_per_worker}
+    if args.gpus_per_trial:
+        flags |= {"resources.gpu": True, "resources.gpus_per_worker": args.gpus_per_trial}
+    cfg = build_config(args.method, method.family, sets=args.set, flags={})
+
+    def check_key(key: str, value) -> None:
+        method.check_config(override(cfg, key, value))
+
+    space = load_search_space(args.space or default_space_path(args.method), check_key)
+    if space.method != args.method:
+        raise ConfigError(f"{space.source}: is for method {space.method!r}, not {args.method!r}")
+    for key, value in space.fixed.items():
+        cfg = override(cfg, key, value)
+    for key, value in flags.items():
+        if value is not None:
+            cfg = override(cfg, key, value)
+    method.check_config(cfg)
+    return cfg, space
+
+
+def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
+    """Search settings: defaults < the YAML's ``search_settings`` < flags."""
+    out = DEFAULT_SETTINGS | space.settings
+    for key in DEFAULT_SETTINGS:
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def stored_base(exp: Location) -> Config:
+    """The base config an interrupted experiment was started with."""
+    try:
+        with exp.fs.open_input_stream(exp.join(BASE_FILE)) as f:
+            return Config.from_dict(yaml.safe_load(f.read().decode()))
+    except FileNotFoundError:
+        raise ConfigError(f"--resume: {exp.child_uri(BASE_FILE)} not found; is "
+                          f"{exp.uri} a ray_fer search?") from None
+
+
+def _connect(cfg: Config) -> None:
+    import ray
+
+    from ray_fer.storage import ray_runtime_env
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=ray_runtime_env() or None)
+        return
+    # Local mode: Train workers, Ray Data tasks and trial drivers share the machine's
+    # cores; logical CPUs beyond the physical ones let small trials overlap their I/O.
+    ray.init(num_cpus=max(os.cpu_count() or 1, 2 * cfg.resources.cpus_per_worker + 2),
+             runtime_env=ray_runtime_env() or None)
+
+
+def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,
+                seed: int, resume: bool):
+    """A new or restored ``Tuner`` for the search."""
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ray_fer.train.steps import method_for
+    from ray_fer.tuning.trial import run_trial
+
+    method = method_for(cfg.method)
+    exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, base=cfg.to_dict(), storage=exp.child_uri("train")),
+        {"cpu": TRIAL_DRIVER_CPU})
+    store = resolve(storage, cfg.data.endpoint)
+    if resume:
+        if not tune.Tuner.can_restore(exp.path, storage_filesystem=exp.fs):
+            raise ConfigError(f"--resume: no experiment to restore at {exp.uri}")
+        return tune.Tuner.restore(exp.path, trainable, resume_unfinished=True,
+                                  resume_errored=True, storage_filesystem=exp.fs)
+    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed),
+                            metric=method.metric, mode=method.mode)
+    return tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["max_concurrent"]),
+            scheduler=ASHAScheduler(metric=method.metric, mode=method.mode,
+                                    max_t=cfg.train.epochs, grace_period=opts["grace_period"],
+                                    reduction_factor=opts["reduction_factor"]),
+            num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"]),
+        run_config=tune.RunConfig(
+            name=name, storage_path=store.path, storage_filesystem=store.fs,
+            # A broken trial fails on its own; the rest of the search goes on.
+            failure_config=tune.FailureConfig(max_failures=1)),
+    )
+
+
+def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str) -> str:
+    """Write the results table, best config and best checkpoint; return the printed summary."""
+    from ray_fer.train.steps import method_for
+    from ray_fer.tuning.trial import trial_config
+
+    method = method_for(cfg.method)
+    exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
+    keys = [p.key for p in space.params]
+    rows = trial_rows(grid, metric=method.metric, mode=method.mode, epochs=cfg.train.epochs,
+                      param_keys=keys)
+    write_text(exp, "results.csv", results_csv(rows, method.metric, keys))
+    table = results_markdown(rows, method.metric, keys)
+    write_text(exp, "results.md", table)
+    lines = [f"search {name}: {len(rows)} trials, metric {method.metric} ({method.mode})", table]
+    best = rows[0] if rows and rows[0].checkpoint else None
+    if best is None:
+        lines.append("no trial reported a checkpoint")
+        return "\n".join(lines)
+    best_cfg = trial_config(cfg.to_dict(), best.params, storage=exp.child_uri("train"),
+                            name=best.trial_id)
+    write_text(exp, "best_config.yaml", best_cfg.to_yaml())
+    ckpt = export_checkpoint(exp, best.checkpoint)
+    lines += [f"best trial {best.trial_id}: {method.metric}={best.metric:.4f} "
+              f"(epoch {best.best_epoch})",
+              f"best config: {exp.child_uri('best_config.yaml')}",
+              f"best checkpoint: {ckpt}",
+              f"compare trials: tensorboard --logdir {exp.uri}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    name = args.name or f"{args.method}-search"
+    try:
+        cfg, space = base_config(args)
+        opts = settings(args, space)
+        from ray_fer.train.loop import resolve_data_uri
+
+        # Materialise the embedded data once, in the driver, not in every trial.
+        cfg = override(cfg, "data.uri", resolve_data_uri(cfg))
+        exp = resolve(args.storage.rstrip("/") + "/" + name, cfg.data.endpoint)
+        if args.resume:
+            # Trials must continue with the settings they started with, not today's flags.
+            cfg = stored_base(exp)
+        else:
+            write_text(exp, BASE_FILE, cfg.to_yaml())
+        _connect(cfg)
+        tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
+                            resume=args.resume)
+    except (ConfigError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    grid = tuner.fit()
+    print(summarize(grid, cfg, space, storage=args.storage, name=name))
+    return 0 if any(r.error is None for r in grid) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

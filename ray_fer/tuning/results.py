@@ -1,0 +1,117 @@
+"""What a finished search leaves beside Tune's own files.
+
+``results.csv`` / ``results.md`` (one row per trial: params, best metric, epochs run,
+status), ``best_config.yaml`` (the full run config of the best trial) and
+``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable path that
+``python -m ray_fer.evaluate`` accepts).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ray_fer.storage import Location
+
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    trial_id: str
+    params: dict[str, Any]
+    metric: float
+    best_epoch: int
+    epochs: int
+    status: str
+    checkpoint: str | None
+
+
+def _best_index(values: list[float], mode: str) -> int | None:
+    finite = [(v, i) for i, v in enumerate(values) if isinstance(v, float | int) and
+              math.isfinite(v)]
+    if not finite:
+        return None
+    return (max(finite) if mode == "max" else min(finite))[1]
+
+
+def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[str]
+               ) -> list[TrialRow]:
+    """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first."""
+    rows = []
+    for result in grid:
+        history = result.metrics_dataframe
+        records = [] if history is None else history.to_dict("records")
+        values = [r.get(metric, math.nan) for r in records]
+        best = _best_index(values, mode)
+        ran = int(result.metrics.get("training_iteration", len(records))) if result.metrics else 0
+        if result.error is not None:
+            status = "error"
+        elif ran < epochs:
+            status = "stopped early"
+        else:
+            status = "completed"
+        rows.append(TrialRow(
+            trial_id=str(result.metrics.get("trial_id", result.path.rsplit("/", 1)[-1])
+                         if result.metrics else result.path.rsplit("/", 1)[-1]),
+            params={k: result.config.get(k) for k in param_keys},
+            metric=math.nan if best is None else float(values[best]),
+            best_epoch=-1 if best is None else int(records[best].get("training_iteration",
+                                                                     best + 1)),
+            epochs=ran, status=status,
+            checkpoint=None if best is None else records[best].get(CHECKPOINT_PATH_KEY),
+        ))
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(rows, key=lambda r: (math.isnan(r.metric), sign * r.metric
+                                       if not math.isnan(r.metric) else 0.0))
+
+
+def _header(metric: str, param_keys: list[str]) -> list[str]:
+    return ["trial_id", *param_keys, metric, "best_epoch", "epochs", "status"]
+
+
+def _cells(row: TrialRow, param_keys: list[str]) -> list[str]:
+    def fmt(v: Any) -> str:
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    return [row.trial_id, *(fmt(row.params[k]) for k in param_keys), fmt(row.metric),
+            str(row.best_epoch), str(row.epochs), row.status]
+
+
+def results_csv(rows: list[TrialRow], metric: str, param_keys: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(_header(metric, param_keys))
+    for row in rows:
+        writer.writerow(_cells(row, param_keys))
+    return out.getvalue()
+
+
+def results_markdown(rows: list[TrialRow], metric: str, param_keys: list[str]) -> str:
+    head = _header(metric, param_keys)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(_cells(r, param_keys)) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_text(loc: Location, name: str, text: str) -> None:
+    """Write ``text`` to ``name`` under ``loc`` (local or S3)."""
+    if not loc.is_s3:
+        loc.fs.create_dir(loc.path, recursive=True)
+    with loc.fs.open_output_stream(loc.join(name)) as out:
+        out.write(text.encode())
+
+
+def export_checkpoint(loc: Location, checkpoint_path: str, name: str = "best_checkpoint") -> str:
+    """Copy a checkpoint folder (a path in ``loc``'s filesystem) to ``<loc>/<name>``."""
+    dest = loc.join(name)
+    if loc.fs.get_file_info(dest).type != pafs.FileType.NotFound:
+        loc.fs.delete_dir(dest)
+    pafs.copy_files(checkpoint_path, dest, source_filesystem=loc.fs,
+                    destination_filesystem=loc.fs)
+    return loc.child_uri(name)

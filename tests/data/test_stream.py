@@ -1,0 +1,337 @@
+"""Ray Data streaming of face shards: reading, decoding, augmentation, per-worker splits.
+
+Real parts only: shards written by ``ShardWriter`` into tmp folders (and a SeaweedFS S3
+bucket), a real local Ray (2 CPUs, no dashboard), a real 2-worker ``TorchTrainer``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from support.s3 import s3_server  # noqa: F401 - fixture
+
+from ray_fer.data.shards import FaceRow, ShardError, ShardWriter
+from ray_fer.data.stream import (
+    ROW_ID_STRIDE,
+    AugmentConfig,
+    apply_data_augmentation,
+    augment_batch,
+    data_config,
+    epoch_seed,
+    iter_eval_batches,
+    iter_train_batches,
+    open_split,
+)
+from ray_fer.storage import resolve
+
+CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+SHAPE = (12, 12, 1)
+ROWS = 157  # odd, and not a multiple of any batch size used here
+ROWS_PER_SHARD = 64
+SPLITS = ("train", "train", "train", "val", "test")
+BLOCK = 2048  # bytes: blocks of about 10 rows, so both workers get several
+
+
+def _faces(n: int = ROWS, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "image": rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8),
+        "label": rng.integers(0, len(CLASSES), n),
+        "fold": np.arange(n) % 5,
+        "split": np.array([SPLITS[i % len(SPLITS)] for i in range(n)]),
+        "valence": rng.uniform(-1, 1, n).astype(np.float32),
+        "soft": rng.dirichlet(np.ones(len(CLASSES)), n).astype(np.float32),
+    }
+
+
+def _write(uri: str, faces: dict[str, np.ndarray], rows_per_shard: int = ROWS_PER_SHARD
+           ) -> None:
+    writer = ShardWriter(resolve(uri), SHAPE, CLASSES, rows_per_shard=rows_per_shard)
+    for i in range(len(faces["label"])):
+        label = int(faces["label"][i])
+        writer.add(FaceRow(
+            image=faces["image"][i], label=label, label_name=CLASSES[label],
+            # Every third row has no soft label: it must come back as the one-hot.
+            soft_label=None if i % 3 == 0 else faces["soft"][i].tolist(),
+            valence=float(faces["valence"][i]), arousal=float("nan"),
+            subject_id=f"s{i % 7}", split=str(faces["split"][i]), fold=int(faces["fold"][i]),
+            dataset="tiny", source_file=f"img{i}.png",
+        ))
+    writer.finish(dataset="tiny", format="test")
+
+
+def _row_id(i: int, rows_per_shard: int = ROWS_PER_SHARD) -> int:
+    return (i // rows_per_shard) * ROW_ID_STRIDE + i % rows_per_shard
+
+
+def _index_of(row_ids: np.ndarray) -> np.ndarray:
+    return (row_ids // ROW_ID_STRIDE) * ROWS_PER_SHARD + row_ids % ROW_ID_STRIDE
+
+
+def _all(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
+    parts = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):  # noqa: F811 - S3 variables must be set before workers start
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def faces() -> dict[str, np.ndarray]:
+    return _faces()
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory, faces) -> str:
+    uri = str(tmp_path_factory.mktemp("shards") / "tiny")
+    _write(uri, faces)
+    return uri
+
+
+# ------------------------------------------------------------------------- open_split
+
+
+def test_open_split_refuses_a_prefix_without_manifest(ray_local, prefix, tmp_path):
+    (tmp_path / "shard-00000.parquet").write_bytes(
+        (Path(prefix) / "shard-00000.parquet").read_bytes())
+    with pytest.raises(ShardError, match=r"manifest\.json not found.*ray_fer\.ingest"):
+        open_split(str(tmp_path))
+
+
+def test_open_split_decodes_exactly_the_pixels_and_labels_written(ray_local, prefix, faces):
+    ds, manifest = open_split(prefix)
+    got = _all(ds)
+    assert manifest.num_rows == ROWS
+    assert got["image"].dtype == np.uint8 and got["image"].shape == (ROWS, *SHAPE)
+    idx = _index_of(got["row"])
+    assert sorted(idx.tolist()) == list(range(ROWS))
+    assert got["row"].tolist() == [_row_id(i) for i in idx]
+    np.testing.assert_array_equal(got["image"], faces["image"][idx])
+    np.testing.assert_array_equal(got["label"], faces["label"][idx])
+    assert got["label"].dtype == np.int64
+    np.testing.assert_array_equal(got["valence"], faces["valence"][idx])
+    assert np.isnan(got["arousal"]).all()
+    expected_soft = faces["soft"][idx].copy()
+    no_soft = idx % 3 == 0
+    expected_soft[no_soft] = np.eye(len(CLASSES), dtype=np.float32)[faces["label"][idx][no_soft]]
+    assert got["soft_label"].dtype == np.float32
+    np.testing.assert_array_equal(got["soft_label"], expected_soft)
+
+
+def test_open_split_keeps_only_the_selected_splits_and_folds(ray_local, prefix, faces):
+    def rows(**selection) -> set[int]:
+        ds, _ = open_split(prefix, columns=["row", "split", "fold"], **selection)
+        return set(_index_of(_all(ds)["row"]).tolist())
+
+    split, fold = faces["split"], faces["fold"]
+    everything = np.arange(ROWS)
+    assert rows(splits=["val"]) == set(everything[split == "val"])
+    assert rows(splits=["train", "test"], folds=[1, 2]) == set(
+        everything[(split != "val") & np.isin(fold, [1, 2])])
+    assert rows(exclude_folds=[0, 4]) == set(everything[~np.isin(fold, [0, 4])])
+    with pytest.raises(ShardError, match=r"no rows in split\(s\) \['holdout'\]"):
+        open_split(prefix, splits=["holdout"])
+
+
+def test_shuffled_split_reorders_each_epoch_reproducibly(ray_local, faces, tmp_path):
+    _write(str(tmp_path), faces, rows_per_shard=16)
+
+    def epochs(seed: int) -> list[list[int]]:
+        ds, _ = open_split(str(tmp_path), columns=["row"], shuffle_seed=seed)
+        return [_all(ds)["row"].tolist() for _ in range(2)]
+
+    first, second = epochs(7)
+    assert sorted(first) == sorted(second) == sorted(_row_id(i, 16) for i in range(ROWS))
+    assert first != second
+    assert epochs(7) == [first, second]
+
+
+def test_open_split_reads_the_same_rows_from_s3(ray_local, prefix, s3_server):  # noqa: F811
+    uri = s3_server.new_bucket("stream") + "/tiny"
+    _write(uri, _faces())
+    got = _all(open_split(uri, splits=["train"])[0])
+    want = _all(open_split(prefix, splits=["train"])[0])
+    order = np.argsort(got["row"])
+    for name, values in want.items():
+        np.testing.assert_array_equal(values[np.argsort(want["row"])], got[name][order])
+
+
+# ------------------------------------------------------------------------ augmentation
+
+
+def _images(n: int = 16, c: int = 1) -> torch.Tensor:
+    return torch.rand(n, c, 24, 24, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augment_batch_keeps_shape_and_dtype(channels):
+    images = _images(c=channels)
+    out = augment_batch(images, AugmentConfig(crop_padding=2), _gen(0))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    assert not torch.equal(out, images)
+
+
+@pytest.mark.parametrize("cfg", [
+    AugmentConfig(enabled=False),
+    AugmentConfig(hflip=False, max_rotate_deg=0, max_translate=0, scale=(1, 1), erasing_p=0),
+])
+def test_augment_batch_with_everything_off_is_the_identity(cfg):
+    images = _images()
+    assert torch.equal(augment_batch(images, cfg, _gen(0)), images)
+
+
+def test_augment_batch_hflip_only_mirrors_exactly():
+    images = _images(64)
+    cfg = AugmentConfig(max_rotate_deg=0, max_translate=0, scale=(1, 1), erasing_p=0)
+    out = augment_batch(images, cfg, _gen(1))
+    same = [torch.equal(o, i) for o, i in zip(out, images, strict=True)]
+    mirrored = [torch.equal(o, i.flip(-1)) for o, i in zip(out, images, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 0 < sum(mirrored) < len(images)
+
+
+def test_augment_batch_is_deterministic_per_seed_and_differs_across_epochs():
+    images, cfg = _images(), AugmentConfig()
+    one = augment_batch(images, cfg, _gen(epoch_seed(0, 0, 0)))
+    again = augment_batch(images, cfg, _gen(epoch_seed(0, 0, 0)))
+    next_epoch = augment_batch(images, cfg, _gen(epoch_seed(0, 1, 0)))
+    other_rank = augment_batch(images, cfg, _gen(epoch_seed(0, 0, 1)))
+    assert torch.equal(one, again)
+    assert not torch.equal(one, next_epoch)
+    assert not torch.equal(one, other_rank)
+
+
+def test_random_erasing_fills_one_rectangle_per_erased_image():
+    images = torch.full((32, 1, 24, 24), 5.0)  # outside the noise range [-1, 1]
+    cfg = AugmentConfig(hflip=False, max_rotate_deg=0, max_translate=0, scale=(1, 1),
+                        erasing_p=1.0, erasing_area=(0.1, 0.2))
+    out = augment_batch(images, cfg, _gen(2))
+    for img in out[:, 0]:
+        erased = img != 5.0
+        ys, xs = torch.nonzero(erased, as_tuple=True)
+        box = erased[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+        assert box.all()  # a filled rectangle
+        assert 0.05 * 24 * 24 <= erased.sum() <= 0.3 * 24 * 24
+        assert img[erased].abs().max() <= 1
+
+
+def test_augment_config_from_yaml_mapping_checks_names_and_ranges():
+    cfg = AugmentConfig.from_dict({"scale": [0.8, 1.2], "where": "data"})
+    assert cfg.scale == (0.8, 1.2) and cfg.where == "data"
+    with pytest.raises(ValueError, match="unknown augment option"):
+        AugmentConfig.from_dict({"rotate": 5})
+    with pytest.raises(ValueError, match="where='gpu'"):
+        AugmentConfig(where="gpu")
+
+
+# --------------------------------------------------------------------------- iteration
+
+
+def test_iter_eval_batches_yields_every_row_normalised(ray_local, prefix, faces):
+    ds, _ = open_split(prefix)
+    batches = list(iter_eval_batches(ds, batch_size=16, device=torch.device("cpu"),
+                                     channels_last=True))
+    assert [len(b["row"]) for b in batches] == [16] * (ROWS // 16) + [ROWS % 16]
+    images = torch.cat([b["image"] for b in batches])
+    idx = _index_of(torch.cat([b["row"] for b in batches]).numpy())
+    expected = torch.from_numpy(faces["image"][idx]).permute(0, 3, 1, 2).float() / 255
+    torch.testing.assert_close(images, (expected - 0.5) / 0.5, rtol=0, atol=1e-6)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    assert batches[0]["label"].dtype == torch.int64
+    assert batches[0]["soft_label"].shape == (16, len(CLASSES))
+
+
+def test_iter_train_batches_repeat_exactly_for_a_seed_on_cpu(ray_local, prefix):
+    def run() -> list[list[dict[str, torch.Tensor]]]:
+        # A fresh dataset, as a new training run would open (its shuffle advances per epoch).
+        ds, _ = open_split(prefix, splits=["train"], shuffle_seed=5, block_bytes=BLOCK)
+        return [list(iter_train_batches(ds, batch_size=8, device=torch.device("cpu"),
+                                        augment=AugmentConfig(), seed=5, epoch=epoch,
+                                        shuffle_buffer=32, rank=0))
+                for epoch in range(2)]
+
+    first, again = run(), run()
+    n_train = int((_faces()["split"] == "train").sum())
+    for epoch in range(2):
+        assert [len(b["row"]) for b in first[epoch]] == [8] * (n_train // 8) + [n_train % 8]
+        for a, b in zip(first[epoch], again[epoch], strict=True):
+            assert torch.equal(a["row"], b["row"]) and torch.equal(a["image"], b["image"])
+    rows = [torch.cat([b["row"] for b in epoch]) for epoch in first]
+    assert sorted(rows[0].tolist()) == sorted(rows[1].tolist())
+    assert not torch.equal(rows[0], rows[1])
+
+
+def test_data_placement_augments_uint8_images_on_ray_data_workers(ray_local, prefix, faces):
+    ds, _ = open_split(prefix, splits=["val"])
+    cfg = AugmentConfig(where="data", erasing_p=1.0)
+    got = _all(apply_data_augmentation(ds, cfg))
+    plain = faces["image"][_index_of(got["row"])]
+    assert got["image"].dtype == np.uint8 and got["image"].shape == plain.shape
+    assert not np.array_equal(got["image"], plain)
+    assert apply_data_augmentation(ds, AugmentConfig()) is ds  # "worker": nothing here
+
+
+# ----------------------------------------------------------------- Ray Train, 2 workers
+
+
+def _report_rows(config: dict) -> None:
+    import ray.train
+
+    from ray_fer.data.stream import AugmentConfig, iter_eval_batches, iter_train_batches
+
+    rank = ray.train.get_context().get_world_rank()
+    train = ray.train.get_dataset_shard("train")
+    val = ray.train.get_dataset_shard("val")
+    seen: dict[str, list[list[int]]] = {"train": [], "val": []}
+    for epoch in range(2):
+        rows = [b["row"] for b in iter_train_batches(
+            train, batch_size=8, device=torch.device("cpu"), augment=AugmentConfig(),
+            seed=0, epoch=epoch, shuffle_buffer=16)]
+        seen["train"].append(torch.cat(rows).tolist() if rows else [])
+        rows = [b["row"] for b in iter_eval_batches(val, batch_size=8,
+                                                    device=torch.device("cpu"))]
+        seen["val"].append(torch.cat(rows).tolist() if rows else [])
+    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(seen))
+    ray.train.report({"epochs": 2})
+
+
+def test_two_torch_workers_see_disjoint_rows_covering_each_split_every_epoch(
+        ray_local, prefix, faces, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    train_ds, _ = open_split(prefix, splits=["train"], shuffle_seed=0, block_bytes=BLOCK)
+    val_ds, _ = open_split(prefix, splits=["val"], block_bytes=BLOCK)
+    out = tmp_path / "rows"
+    out.mkdir()
+    trainer = TorchTrainer(
+        _report_rows, train_loop_config={"out": str(out)},
+        scaling_config=ScalingConfig(num_workers=2, use_gpu=False),
+        torch_config=TorchConfig(backend="gloo"),
+        datasets={"train": train_ds, "val": val_ds}, dataset_config=data_config(),
+        run_config=RunConfig(storage_path=str(tmp_path / "runs"), name="coverage"),
+    )
+    result = trainer.fit()
+    assert result.error is None
+    seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    for split in ("train", "val"):
+        want = {_row_id(i) for i in np.flatnonzero(faces["split"] == split)}
+        for epoch in range(2):
+            a, b = (set(s[split][epoch]) for s in seen)
+            assert len(a) == len(seen[0][split][epoch]) and len(b) == len(seen[1][split][epoch])
+            assert a and b and not a & b, f"{split} epoch {epoch}: workers overlap"
+            assert a | b == want, f"{split} epoch {epoch}: rows missing or foreign"

@@ -1,0 +1,105 @@
+"""Run configs: precedence of the sources, type conversion, errors that name the key,
+a lossless YAML round trip, and the train CLI refusing a bad key before Ray starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from ray_fer.config import Config, ConfigError, build_config, override, packaged_defaults
+
+
+def test_sources_apply_in_precedence_order(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("optim: {lr: 0.5, schedule: cosine}\ntrain: {epochs: 7}\n")
+    cfg = build_config("deep_emotion", "classify", files=[yaml.safe_load(path.read_text())],
+                       sets=["optim.lr=0.25", "train.epochs=9"], flags={"train.epochs": 11,
+                                                                         "loss.l2": None})
+    assert cfg.optim.schedule == "cosine"  # file over packaged defaults
+    assert cfg.optim.lr == 0.25  # --set over file
+    assert cfg.train.epochs == 11  # flag over --set
+    assert cfg.loss.l2 == packaged_defaults("classify", "deep_emotion")["loss"]["l2"]
+
+
+def test_method_overrides_sit_on_family_defaults():
+    resnet = build_config("resnet50_icbam", "classify")
+    emotion = build_config("deep_emotion", "classify")
+    assert resnet.optim.optimizer == "sgd" and resnet.loss.label_smoothing == 0.1
+    assert emotion.optim.optimizer == "adam" and emotion.loss.l2 > 0
+    assert resnet.data.val_split == emotion.data.val_split == "val"
+
+
+def test_strings_are_converted_to_the_field_types():
+    cfg = Config(method="deep_emotion")
+    cfg = override(cfg, "optim.lr", "1e-3")
+    cfg = override(cfg, "augment.enabled", "off")
+    cfg = override(cfg, "augment.scale", "0.8,1.2")
+    cfg = override(cfg, "data.train_splits", "train,extra")
+    cfg = override(cfg, "data.fold", "none")
+    cfg = override(cfg, "model.options.dropout", "0.3")
+    assert cfg.optim.lr == 1e-3
+    assert cfg.augment.enabled is False and cfg.augment.scale == (0.8, 1.2)
+    assert cfg.data.train_splits == ["train", "extra"] and cfg.data.fold is None
+    assert cfg.model.options == {"dropout": 0.3}
+
+
+@pytest.mark.parametrize(("key", "value", "named"), [
+    ("optim.lrr", "1", "optim.lrr"),
+    ("trian.epochs", "1", "trian"),
+    ("optim.lr", "fast", "optim.lr"),
+    ("train.epochs", "2.5", "train.epochs"),
+    ("optim.optimizer", "rmsprop", "optim.optimizer"),
+    ("augment.colour", "1", "augment.colour"),
+    ("augment.where", "gpu", "augment"),
+    ("resources.gpu", "maybe", "resources.gpu"),
+])
+def test_bad_values_raise_errors_naming_the_key(key, value, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("train.epochs", "0"), ("loss.label_smoothing", "1.0"), ("data.channels", "2"),
+    ("optim.warmup", "1.5"), ("run.name", "a/b")])
+def test_out_of_range_values_name_the_key(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+
+
+def test_config_round_trips_through_yaml():
+    cfg = build_config("resnet50", "classify", sets=["augment.scale=0.7,1.3", "data.fold=2",
+                                                     "model.options.dropout=0.2"])
+    again = Config.from_dict(yaml.safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+def test_config_holds_no_credentials(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
+    cfg = build_config("deep_emotion", "classify", flags={"data.uri": "s3://bucket/fer",
+                                                          "data.endpoint": "http://s3:8333"})
+    text = cfg.to_yaml()
+    assert "s3cr3t-value" not in text and "AKIAEXAMPLE" not in text
+
+
+def test_train_cli_rejects_unknown_key_before_ray_starts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_fer.train", "deep_emotion", "--set", "optim.lrr=1",
+         "--storage", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown config key 'optim.lrr'" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_cli_rejects_unknown_model_option(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_fer.train", "deep_emotion", "--set",
+         "model.options.colour=red", "--storage", str(tmp_path), "--data", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "model.options.colour" in proc.stderr

@@ -1,0 +1,78 @@
+"""Evaluation of a checkpoint reproduces what training reported, writes its reports,
+reports test-time augmentation separately, and reads checkpoints from S3 too."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.fs as pafs
+import pytest
+import ray
+from support.tiny_shards import write_tiny_shards
+
+from ray_fer import evaluate as ev
+from ray_fer.config import build_config
+from ray_fer.storage import resolve
+from ray_fer.train import loop
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    shards = write_tiny_shards(tmp_path_factory.mktemp("tiny") / "shards")
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = build_config("deep_emotion", "classify", flags={
+        "data.uri": shards, "run.storage": str(storage), "run.name": "eval",
+        "train.epochs": 2, "train.batch_size": 32, "train.eval_batch_size": 64})
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        yield loop.train(cfg)
+    finally:
+        ray.shutdown()
+
+
+def test_evaluate_reproduces_the_reported_validation_metrics(trained):
+    metrics, confusion = ev.evaluate(trained.latest_checkpoint, batch_size=17)
+    for key in ("val_loss", "val_accuracy", "val_macro_f1"):
+        assert metrics[key] == pytest.approx(trained.metrics[key], rel=1e-6, abs=1e-9)
+    assert metrics["rows"] == trained.metrics["rows_val"] == confusion.sum()
+    supports = [c["support"] for c in metrics["per_class"].values()]
+    assert supports == confusion.sum(axis=1).tolist()
+
+
+def test_cli_writes_metrics_confusion_and_tta(trained, tmp_path):
+    out = tmp_path / "report"
+    code = ev.main([trained.best_checkpoint, "--split", "train", "--tta", "flip",
+                    "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["rows"] == 256
+    assert 0 <= metrics["train_accuracy"] <= 1 and "val_accuracy" not in metrics
+    assert metrics["tta"]["mode"] == "flip" and 0 <= metrics["tta"]["accuracy"] <= 1
+    record = json.loads((out / "confusion.json").read_text())
+    assert sum(map(sum, record["matrix"])) == 256
+    assert record["classes"] == metrics["class_names"]
+    assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_tencrop_changes_the_views_not_the_row_count(trained):
+    plain, _ = ev.evaluate(trained.latest_checkpoint)
+    crops, confusion = ev.evaluate(trained.latest_checkpoint, tta="tencrop")
+    assert crops["val_accuracy"] == plain["val_accuracy"]
+    assert 0 <= crops["tta"]["accuracy"] <= 1 and confusion.sum() == 64
+
+
+def test_checkpoint_on_s3_gives_the_same_metrics(trained, s3_server):
+    bucket = s3_server.new_bucket("ckpt")
+    target = resolve(f"s3://{bucket}/runs/eval/ckpt")
+    pafs.copy_files(trained.latest_checkpoint, target.path,
+                    source_filesystem=pafs.LocalFileSystem(), destination_filesystem=target.fs)
+    metrics, _ = ev.evaluate(target.uri)
+    assert metrics["val_accuracy"] == trained.metrics["val_accuracy"]
+    assert metrics["val_loss"] == pytest.approx(trained.metrics["val_loss"], rel=1e-6)
+
+
+def test_unknown_checkpoint_folder_is_refused(tmp_path):
+    with pytest.raises(RuntimeError, match="not a ray_fer checkpoint"):
+        ev.evaluate(str(tmp_path))

@@ -1,0 +1,262 @@
+"""Ingestion end to end: real datasets → shards on disk and on a real S3 server → Ray Data.
+
+Bad input must fail with a message naming the file, column or endpoint, and must leave
+no manifest behind (also when a valid one was there before).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from support.s3 import free_ports
+
+from ray_fer.data.formats import DatasetFormatError
+from ray_fer.data.shards import MANIFEST, ShardError, decode_images, read_manifest, verify_shards
+from ray_fer.ingest import ingest, main
+from ray_fer.storage import resolve
+
+CKPLUS_COUNTS = {"anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happy": 207,
+                 "sadness": 84, "surprise": 249}
+
+
+@pytest.fixture(scope="module")
+def ray_local(s3_server):
+    """A real local Ray whose workers inherit the S3 variables set by ``s3_server``."""
+    import ray
+
+    if ray.is_initialized():  # started by another module of this session; leave it to it
+        yield ray
+        return
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ckplus_local(real_dataset, tmp_path_factory):
+    """CK+48 ingested once to a local folder: (source root, shard location, manifest)."""
+    root = real_dataset("ckplus48")
+    loc = resolve(tmp_path_factory.mktemp("ckplus-shards"))
+    return root, loc, ingest("ckplus48", root, loc.uri, progress=False)
+
+
+def read_all(loc, manifest) -> pa.Table:
+    return pa.concat_tables(
+        pq.read_table(loc.join(s.file), filesystem=loc.fs) for s in manifest.shards)
+
+
+def row_digests(source_files, images: np.ndarray) -> list[tuple[str, str]]:
+    return sorted((f, hashlib.sha256(img.tobytes()).hexdigest())
+                  for f, img in zip(source_files, images, strict=True))
+
+
+def test_ckplus48_manifest_counts_shape_and_subject_disjoint_folds(ckplus_local):
+    _, loc, manifest = ckplus_local
+    assert read_manifest(loc) == manifest
+    verify_shards(loc, manifest)
+    assert manifest.counts == {"train": CKPLUS_COUNTS}
+    assert manifest.num_rows == 981 and manifest.image_shape == [48, 48, 1]
+    assert (manifest.dataset, manifest.format, manifest.split_source) == (
+        "ckplus48", "ckplus48", {})
+    folds = manifest.folds
+    assert (folds["k"], folds["seed"], folds["by"]) == (10, 0, "subject")
+    assert sum(folds["subjects_per_fold"]) == 118 and sum(folds["rows_per_fold"]) == 981
+    assert manifest.face_detection == {"attempted": 0, "found": 0, "failed": []}
+    table = read_all(loc, manifest)
+    fold_of: dict[str, set[int]] = {}
+    for subject, fold in zip(table["subject_id"].to_pylist(), table["fold"].to_pylist(),
+                             strict=True):
+        fold_of.setdefault(subject, set()).add(fold)
+    assert len(fold_of) == 118 and all(len(f) == 1 for f in fold_of.values())
+    assert {f for fs in fold_of.values() for f in fs} == set(range(10))
+
+
+def test_reingest_is_idempotent(ckplus_local, tmp_path):
+    root, loc, manifest = ckplus_local
+    again = ingest("ckplus48", root, loc.uri, workers=1, progress=False)
+    assert again.to_json() == manifest.to_json()
+    elsewhere = ingest("ckplus48", root, str(tmp_path), progress=False)
+    assert (tmp_path / MANIFEST).read_bytes() == (Path(loc.path) / MANIFEST).read_bytes()
+    assert [s.sha256 for s in elsewhere.shards] == [s.sha256 for s in manifest.shards]
+
+
+def test_s3_round_trip_through_ray_data_gives_the_same_rows(ckplus_local, s3_server, ray_local):
+    root, local, local_manifest = ckplus_local
+    uri = s3_server.new_bucket() + "/ckplus48/v1"
+    manifest = ingest("ckplus48", root, uri, progress=False)
+    assert [s.sha256 for s in manifest.shards] == [s.sha256 for s in local_manifest.shards]
+    loc = resolve(uri)
+    assert read_manifest(loc) == manifest
+    verify_shards(loc, manifest)
+
+    ds = ray_local.data.read_parquet([loc.join(s.file) for s in manifest.shards],
+                                     filesystem=loc.fs)
+    files: list[str] = []
+    images = []
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=256):
+        files += batch["source_file"].to_pylist()
+        images.append(decode_images(batch["image"], manifest.image_shape).copy())
+    expected = read_all(local, local_manifest)
+    assert row_digests(files, np.concatenate(images)) == row_digests(
+        expected["source_file"].to_pylist(),
+        decode_images(expected["image"], local_manifest.image_shape))
+
+
+# --- bad input: small layouts written by the tests --------------------------------------
+
+def write_ckplus_like(root: Path, classes=("anger", "happy"), subjects=3) -> Path:
+    """A tiny CK+48-layout folder of random 48x48 PNGs (not faces; CK+48 needs no detection)."""
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for s in range(subjects):
+            img = rng.integers(0, 256, (48, 48), dtype=np.uint8)
+            assert cv2.imwrite(str(root / c / f"S{s:03d}_001_{s:08d}.png"), img)
+    return root
+
+
+def assert_no_manifest(out) -> None:
+    with pytest.raises(ShardError, match="manifest.json not found"):
+        read_manifest(resolve(out))
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str]:
+    code = main([*argv, "--no-progress"])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_corrupt_image_names_the_file_and_a_previous_manifest_is_withdrawn(tmp_path, capsys):
+    source, out = write_ckplus_like(tmp_path / "src"), tmp_path / "out"
+    ingest("ckplus48", source, str(out), folds=2, progress=False)
+    read_manifest(resolve(out))
+    (source / "happy" / "S009_001_00000001.png").write_bytes(b"\x89PNG garbage, not pixels")
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(out), "--workers", "2",
+                        "--folds", "2")
+    assert code == 1
+    assert "happy/S009_001_00000001.png: not a decodable image" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert_no_manifest(out)
+
+
+def test_fer2013_csv_missing_columns_names_file_and_columns(tmp_path, capsys):
+    csv = tmp_path / "fer2013.csv"
+    csv.write_text("emotion,Usage\n0,Training\n")
+    out = tmp_path / "out"
+    ingest("ckplus48", write_ckplus_like(tmp_path / "ck"), str(out), folds=2, progress=False)
+    code, err = run_cli(capsys, "fer2013-csv", str(csv), "--out", str(out))
+    assert code == 1 and f"{csv}: missing column(s) pixels" in err
+    assert_no_manifest(out)
+
+
+def test_empty_folder_is_named(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code, err = run_cli(capsys, "ckplus48", str(tmp_path / "empty"), "--out",
+                        str(tmp_path / "out"))
+    assert code == 1 and str(tmp_path / "empty") in err and "no class folders" in err
+    assert_no_manifest(tmp_path / "out")
+
+
+def test_unknown_class_folder_is_named(tmp_path, capsys):
+    source = write_ckplus_like(tmp_path / "src", classes=("anger", "joy"))
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"))
+    assert code == 1 and "unknown class folder 'joy'" in err and "anger" in err
+    assert_no_manifest(tmp_path / "out")
+
+
+def test_unreachable_endpoint_is_named_before_reading_the_source(tmp_path, capsys):
+    (port,) = free_ports(1)
+    endpoint = f"http://127.0.0.1:{port}"
+    code, err = run_cli(capsys, "ckplus48", str(tmp_path / "does-not-exist"),
+                        "--out", "s3://bucket/ck", "--endpoint", endpoint)
+    assert code == 1 and endpoint in err and "'bucket'" in err
+    assert "does-not-exist" not in err
+
+
+def test_wrong_credentials_are_reported_without_the_secret(s3_server, tmp_path, capsys,
+                                                            monkeypatch):
+    bucket = s3_server.new_bucket()
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+    code, err = run_cli(capsys, "ckplus48", str(write_ckplus_like(tmp_path)), "--out",
+                        bucket + "/ck")
+    assert code == 1 and "AWS_SECRET_ACCESS_KEY" in err and bucket.removeprefix("s3://") in err
+    assert "wrong-secret-value" not in err and s3_server.secret_key not in err
+
+
+def test_failed_reingest_on_s3_leaves_no_manifest(s3_server, tmp_path):
+    source = write_ckplus_like(tmp_path / "src")
+    out = s3_server.new_bucket() + "/ck"
+    ingest("ckplus48", source, out, folds=2, progress=False)
+    read_manifest(resolve(out))
+    (source / "anger" / "S008_001_00000001.png").write_bytes(b"")
+    with pytest.raises(DatasetFormatError, match="S008_001_00000001.png: empty file"):
+        ingest("ckplus48", source, out, folds=2, workers=1, progress=False)
+    assert_no_manifest(out)
+
+
+def test_reading_a_prefix_without_manifest_is_refused(s3_server, tmp_path):
+    source = write_ckplus_like(tmp_path / "src")
+    out = s3_server.new_bucket() + "/ck"
+    ingest("ckplus48", source, out, folds=2, progress=False)
+    resolve(out).fs.delete_file(resolve(out).join(MANIFEST))
+    with pytest.raises(ShardError, match=f"{out}/manifest.json not found.*ray_fer.ingest"):
+        read_manifest(resolve(out))
+
+
+def test_more_folds_than_subjects_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--folds 10 needs at least 10 subjects.*found 3"):
+        ingest("ckplus48", write_ckplus_like(tmp_path / "src"), str(tmp_path / "out"),
+               progress=False)
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--folds", "0"], "--folds must be >= 1"),
+    (["--size", "4"], "--size must be between 8 and 1024"),
+    (["--workers", "0"], "--workers must be >= 1"),
+])
+def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, says):
+    code, err = run_cli(capsys, "ckplus48", str(tmp_path / "missing"), "--out",
+                        str(tmp_path / "out"), *flags)
+    assert code == 1 and says in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_module_writes_shards_and_a_summary(tmp_path):
+    source = write_ckplus_like(tmp_path / "src", subjects=4)
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_fer.ingest", "ckplus48", str(source), "--out",
+         str(tmp_path / "out"), "--folds", "4", "--size", "32", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote 8 faces (32x32x1) in 1 shard(s)" in done.stdout
+    manifest = read_manifest(resolve(tmp_path / "out"))
+    assert manifest.folds["subjects_per_fold"] == [1, 1, 1, 1]
+
+
+def test_faces_not_found_are_listed_not_dropped_silently(real_dataset, tmp_path):
+    jaffe = real_dataset("jaffe")
+    source = tmp_path / "photos"
+    (source / "happy").mkdir(parents=True)
+    for photo in sorted(jaffe.glob("*.HA1.*.tiff"))[:3]:
+        shutil.copy(photo, source / "happy" / photo.name)
+    for i in range(2):
+        assert cv2.imwrite(str(source / "happy" / f"blank{i}.png"),
+                           np.full((256, 256), 128, np.uint8))
+    manifest = ingest("class-folders", source, str(tmp_path / "out"), folds=1,
+                      reader_options={"needs_detection": True}, progress=False)
+    failed = ["happy/blank0.png", "happy/blank1.png"]
+    assert manifest.face_detection == {"attempted": 5, "found": 3, "failed": failed}
+    assert manifest.skipped == [{"file": f, "reason": "no face found"} for f in failed]
+    assert manifest.num_rows == 3 and manifest.image_shape == [64, 64, 3]

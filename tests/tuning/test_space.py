@@ -1,0 +1,69 @@
+"""Search-space files are validated before any trial, with errors that name the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ray_fer.config import override
+from ray_fer.train.steps import method_for
+from ray_fer.tune import base_config, parser
+from ray_fer.tuning.space import SearchSpaceError, load_search_space
+
+SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+
+
+def _write(tmp_path, doc: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _load(tmp_path, doc: dict):
+    return base_config(parser().parse_args(["deep_emotion", "--space",
+                                            str(_write(tmp_path, doc))]))
+
+
+GOOD = {"method": "deep_emotion", "fixed": {"train.epochs": 3},
+        "search": {"loss.l2": {"loguniform": [1e-6, 1e-2]},
+                   "train.batch_size": {"choice": [32, 64]}}}
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_packaged_search_space_is_valid(path):
+    method = method_for(yaml.safe_load(path.read_text())["method"])
+    from ray_fer.config import build_config
+
+    cfg = build_config(path.stem, method.family)
+    space = load_search_space(path, lambda k, v: method.check_config(override(cfg, k, v)))
+    assert space.method == path.stem and space.params
+
+
+def test_good_space_applies_fixed_settings_and_builds_tune_domains(tmp_path):
+    cfg, space = _load(tmp_path, GOOD)
+    assert cfg.train.epochs == 3
+    domains = space.param_space()
+    assert set(domains) == {"loss.l2", "train.batch_size"}
+    assert domains["loss.l2"].lower == 1e-6 and domains["loss.l2"].upper == 1e-2
+
+
+@pytest.mark.parametrize(("doc", "named"), [
+    ({**GOOD, "serach": {}}, "serach"),
+    ({**GOOD, "search": {"loss.l3": {"uniform": [0, 1]}}}, "loss.l3"),
+    ({**GOOD, "fixed": {"train.epoch": 3}}, "train.epoch"),
+    ({**GOOD, "search": {"loss.l2": {"uniform": [0.5, 0.1]}}}, "loss.l2"),
+    ({**GOOD, "search": {"loss.l2": {"loguniform": [0.0, 0.1]}}}, "loss.l2"),
+    ({**GOOD, "search": {"optim.lr": {"normal": [0, 1]}}}, "optim.lr"),
+    ({**GOOD, "search": {"train.batch_size": {"choice": ["big"]}}}, "train.batch_size"),
+    ({**GOOD, "search_settings": {"num_sample": 3}}, "num_sample"),
+])
+def test_malformed_space_fails_naming_the_key(tmp_path, doc, named):
+    with pytest.raises(SearchSpaceError, match=named.replace(".", r"\.")):
+        _load(tmp_path, doc)
+
+
+def test_space_for_another_method_is_refused(tmp_path):
+    from ray_fer.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vgg_bn"):
+        _load(tmp_path, {**GOOD, "method": "vgg_bn"})
