@@ -39,7 +39,7 @@ def _select(split: str, fold: int | None, train_splits: list[str]) -> dict:
 
 @torch.no_grad()
 def _tta_confusion(state: TrainState, ds, tta: str, batch_size: int) -> np.ndarray:
-    model = state.modules["model"]
+    model = state.modules["model"].eval()
     total = None
     for batch in stream.iter_eval_batches(ds, batch_size=batch_size, device=state.device):
         batch = fit_batch(batch, state.info)

@@ -62,7 +62,8 @@ def _prepare_chunk(job: _Job, items: Sequence[SourceItem]) -> tuple[np.ndarray, 
     """Decode and prepare ``items``: (faces found stacked, found flag per item)."""
     shape = (job.spec.size, job.spec.size, job.spec.channels)
     faces = np.empty((len(items), *shape), np.uint8)
-    found = []
+    found: list[bool] = []
+    kept = 0
     for item in items:
         image = job.reader.load(job.root, item)
         try:
@@ -75,9 +76,10 @@ def _prepare_chunk(job: _Job, items: Sequence[SourceItem]) -> tuple[np.ndarray, 
             if face.shape != shape or face.dtype != np.uint8:
                 raise ValueError(f"{item.source_file}: prepared face is {face.shape} "
                                  f"{face.dtype}, expected {shape} uint8")
-            faces[sum(found)] = face
+            faces[kept] = face
+            kept += 1
         found.append(face is not None)
-    return faces[: sum(found)], found
+    return faces[:kept], found
 
 
 def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
@@ -99,8 +101,9 @@ def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chunks(items: Sequence[SourceItem], size: int) -> list[Sequence[SourceItem]]:
-    return [items[i:i + size] for i in range(0, len(items), size)]
+def _chunks(n: int, size: int) -> list[range]:
+    """Index ranges ``[0, size), [size, 2 size), …`` covering ``n`` items."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _fold_of_items(items: Sequence[SourceItem], k: int, seed: int) -> tuple[list[int], str]:
@@ -146,7 +149,13 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     the prefix is left without a manifest.
     """
     _check_options(size, channels, folds, workers)
-    reader = get_reader(format, **(reader_options or {}))
+    try:
+        reader = get_reader(format, **(reader_options or {}))
+    except TypeError as exc:  # an option the format does not take, e.g. --class-map
+        raise ValueError(
+            f"format {format!r} rejects option(s) {', '.join(sorted(reader_options or {}))} "
+            f"({exc})"
+        ) from exc
     native_size, native_channels = NATIVE_SHAPES.get(format, DEFAULT_SHAPE)
     spec = FaceSpec(size=size or native_size, channels=channels or native_channels)
     loc = resolve(out, endpoint)
@@ -158,26 +167,23 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
         raise DatasetFormatError(f"{root}: no images found for format {format!r}")
     class_names = reader.class_names(root)
     fold_of, by = _fold_of_items(items, folds, seed)
+    workers = min(workers or len(os.sched_getaffinity(0)), -(-len(items) // CHUNK))
     try:
-        return _write(reader, root, items, fold_of, class_names, spec, loc,
-                      workers=min(workers or os.cpu_count() or 1, -(-len(items) // CHUNK)),
-                      folds={"k": folds, "seed": seed, "by": by, "split": "train"},
+        return _write(reader, root, items, fold_of, class_names, spec, loc, workers=workers,
+                      fold_info={"k": folds, "seed": seed, "by": by, "split": "train"},
                       progress=progress)
-    except OSError as exc:
-        raise StorageError(f"writing {loc.uri}{_at(loc)} failed: {exc}") from exc
-
-
-def _at(loc: Location) -> str:
-    return f" at endpoint {loc.endpoint}" if loc.endpoint else ""
+    except OSError as exc:  # storage errors not already named by the shard writer
+        where = f" at endpoint {loc.endpoint}" if loc.endpoint else ""
+        raise StorageError(f"writing {loc.uri}{where} failed: {exc}") from exc
 
 
 def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[int],
            class_names: list[str], spec: FaceSpec, loc: Location, *, workers: int,
-           folds: dict, progress: bool) -> Manifest:
+           fold_info: dict, progress: bool) -> Manifest:
     from tqdm import tqdm
 
     writer = ShardWriter(loc, (spec.size, spec.size, spec.channels), class_names)
-    chunks = _chunks(range(len(items)), CHUNK)
+    chunks = _chunks(len(items), CHUNK)
     job = _Job(reader=reader, root=root, spec=spec)
     results = _ordered_map(partial(_prepare_chunk, job), [[items[i] for i in c] for c in chunks],
                            workers)
@@ -203,8 +209,8 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
                     rows_per_fold[fold_of[i]] += 1
                     subjects_per_fold.setdefault(fold_of[i], set()).add(item.subject_id)
             bar.update(len(index))
-    k = folds["k"]
-    folds = folds | {"rows_per_fold": [rows_per_fold[f] for f in range(k)]}
+    k = fold_info["k"]
+    folds = fold_info | {"rows_per_fold": [rows_per_fold[f] for f in range(k)]}
     if folds["by"] == "subject":
         folds["subjects_per_fold"] = [len(subjects_per_fold.get(f, ())) for f in range(k)]
     skipped = list(getattr(reader, "skipped", [])) + [

@@ -103,3 +103,19 @@ def test_train_cli_rejects_unknown_model_option(tmp_path):
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "model.options.colour" in proc.stderr
+
+
+def test_resume_starts_from_the_stored_config_plus_new_flags(tmp_path):
+    from ray_fer.train.__main__ import config_from_args, parser
+
+    stored = build_config("deep_emotion", "classify", flags={
+        "optim.lr": 0.123, "run.name": "old", "run.storage": str(tmp_path)})
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text(stored.to_yaml())
+    args = parser().parse_args(["deep_emotion", "--resume", "--name", "old", "--storage",
+                                str(tmp_path), "--epochs", "99"])
+    cfg = config_from_args(args)
+    assert cfg.optim.lr == 0.123 and cfg.train.epochs == 99 and cfg.run.resume
+    with pytest.raises(ConfigError, match="no run"):
+        config_from_args(parser().parse_args(["deep_emotion", "--resume", "--name", "new",
+                                              "--storage", str(tmp_path)]))

@@ -39,14 +39,18 @@ ROW_ID_STRIDE = 2**32
 
 
 def _soft_labels(column: pa.ChunkedArray, labels: np.ndarray, k: int) -> np.ndarray:
-    """(N, K) float32 soft labels; rows stored without one get the one-hot of their label."""
+    """(N, K) float32 soft labels; rows stored without one get the one-hot of their label.
+
+    "Without one" is a null list or a list of NaNs: pyarrow 25 cannot read null entries of
+    a fixed-size list column back from Parquet, so writers may store NaNs instead.
+    """
     col = column.combine_chunks()
     n = len(col)
     width = col.type.list_size
     values = col.values.to_numpy(zero_copy_only=False)
     soft = np.array(values[col.offset * width:(col.offset + n) * width], dtype=np.float32)
     soft = soft.reshape(n, width)
-    missing = col.is_null().to_numpy(zero_copy_only=False)
+    missing = col.is_null().to_numpy(zero_copy_only=False) | np.isnan(soft).all(axis=1)
     if missing.any():
         one_hot = np.zeros((int(missing.sum()), width), np.float32)
         lab = labels[missing]
@@ -127,7 +131,8 @@ class _ShardRead:
         filtered = self.splits is not None or self.folds is not None or (
             self.exclude_folds is not None)
         try:
-            pf = pq.ParquetFile(loc.fs.open_input_file(path))
+            # pre_buffer coalesces the column-chunk reads of a row group (fewer S3 requests).
+            pf = pq.ParquetFile(loc.fs.open_input_file(path), pre_buffer=True)
         except (OSError, pa.ArrowInvalid) as exc:
             raise ShardError(f"{loc.child_uri(self.file)}: listed in the manifest but "
                              f"unreadable ({exc})") from exc

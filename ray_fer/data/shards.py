@@ -333,3 +333,11 @@ def decode_images(column: pa.Array | pa.ChunkedArray, image_shape: Sequence[int]
     flat = np.frombuffer(column.buffers()[1], dtype=np.uint8, count=n * width,
                          offset=column.offset * width)
     return flat.reshape(n, h, w, c)
+
+
+def read_columns(loc: Location, manifest: Manifest, columns: Sequence[str]) -> pa.Table:
+    """The given (non-pixel) columns of every shard: Parquet reads only those columns."""
+    return pa.concat_tables([
+        pq.read_table(loc.join(s.file), columns=list(columns), filesystem=loc.fs)
+        for s in manifest.shards
+    ])

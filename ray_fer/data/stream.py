@@ -341,7 +341,12 @@ def data_config(*, datasets_to_split: Sequence[str] | str = "all",
     must not assume equal step counts: wrap the epoch in
     ``torch.distributed.algorithms.Join([model])`` (DDP supports it) or all-reduce the
     step count and stop collectives together; evaluation must all-reduce sums (correct,
-    count), never average per-worker means.
+    count), never average per-worker means. A split smaller than a block can leave a
+    worker with no rows at all. Every worker must still iterate every split it was given
+    once per epoch (to the end or not at all, like the others): an epoch of a split starts
+    only when all workers ask for it. On a small node, give the train workers fewer CPUs
+    than the node has (e.g. ``resources_per_worker={"CPU": 0.5}`` on 2 CPUs), else Ray
+    Data's read tasks get none and training waits forever.
 
     ``preserve_order=True`` (default) makes Ray Data emit blocks in order and disables
     locality-based dispatch, so which rows each worker gets, and in which order, is the
@@ -352,7 +357,7 @@ def data_config(*, datasets_to_split: Sequence[str] | str = "all",
     """
     from ray.data import ExecutionOptions
 
-    to_split = datasets_to_split if datasets_to_split == "all" else list(datasets_to_split)
+    to_split = "all" if datasets_to_split == "all" else list(datasets_to_split)
     base = ray.data.DataContext.get_current().execution_options
     options = ExecutionOptions(resource_limits=base.resource_limits,
                                exclude_resources=base.exclude_resources,

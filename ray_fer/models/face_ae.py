@@ -150,6 +150,29 @@ def rerender_batch(ae: FaceAutoencoder, images: torch.Tensor, rng: np.random.Gen
     return rendered, targets
 
 
+#: The seed's Fig. 2 grid: valence -0.4..0.4 and arousal -0.3..0.3 in steps of 0.1.
+FIGURE_VALENCES = tuple(round(-0.4 + 0.1 * i, 1) for i in range(9))
+FIGURE_AROUSALS = tuple(round(-0.3 + 0.1 * i, 1) for i in range(7))
+
+
+@torch.no_grad()
+def render_va_grid(ae: FaceAutoencoder, image: torch.Tensor,
+                   valences: tuple[float, ...] = FIGURE_VALENCES,
+                   arousals: tuple[float, ...] = FIGURE_AROUSALS) -> torch.Tensor:
+    """One face (C, S, S) re-rendered at every (valence, arousal) of the grid, in eval
+    mode: (len(arousals), len(valences), C, S, S), arousal rows, valence columns."""
+    was_training = ae.training
+    ae.eval()
+    try:
+        z, _, _ = ae.encode(image[None])
+        a, v = torch.meshgrid(torch.tensor(arousals), torch.tensor(valences), indexing="ij")
+        v, a = v.reshape(-1).to(z), a.reshape(-1).to(z)
+        faces = ae.decode(z.expand(len(v), -1), v, a)
+    finally:
+        ae.train(was_training)
+    return faces.view(len(arousals), len(valences), *faces.shape[1:])
+
+
 def face_ae(*, num_classes: int, in_channels: int, image_size: int,
             latent_dim: int = LATENT_DIM, width: int = 32) -> FaceAutoencoder:
     """Registry factory of the stage-1 autoencoder (``num_classes`` does not shape it)."""

@@ -72,6 +72,16 @@ MODELS: MappingProxyType[str, ModelSpec] = MappingProxyType(
         "resnet101_icbam": ModelSpec(
             "ray_fer.models.resnet_icbam:resnet101_icbam", ModelDefaults(224, 3, family="resnet")
         ),
+        "caf": ModelSpec("ray_fer.models.caf:caf", ModelDefaults(48, 1, "va", "caf")),
+        "caf_baseline": ModelSpec(
+            "ray_fer.models.caf:caf_baseline", ModelDefaults(48, 1, "va", "caf")
+        ),
+        "face_ae": ModelSpec(
+            "ray_fer.models.face_ae:face_ae", ModelDefaults(64, 3, "va", "face_ae")
+        ),
+        "face_ae_regressor": ModelSpec(
+            "ray_fer.models.face_ae:face_ae_regressor", ModelDefaults(224, 3, "va", "face_ae")
+        ),
     }
 )
 

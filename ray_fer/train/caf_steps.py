@@ -12,16 +12,24 @@ tensors; rows whose V/A is NaN take part in neither loss.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from ray_fer.data.targets import SplitMethod
+from ray_fer.config import Config, ConfigError, merged
+from ray_fer.data.shards import read_columns, read_manifest
+from ray_fer.data.targets import SplitMethod, emotion_threshold
 from ray_fer.models.caf import CafModel
+from ray_fer.models.registry import build_model, model_options
+from ray_fer.storage import resolve
 from ray_fer.train.caf_losses import adversarial_loss, critic_contrastive_loss, va_loss
+from ray_fer.train.metrics import va_metrics_from_sums, va_sums
+from ray_fer.train.steps import DataInfo, Method, Sums, TrainState
 
 Stats = dict[str, torch.Tensor]
 
@@ -136,7 +144,7 @@ def critic_step(model: CafModel, optimizers: CafOptimizers, batch: dict[str, tor
     strong, weak = strong_weak(batch, threshold)
     m = int(min(strong.sum(), weak.sum()))
     if m == 0:
-        return {"critic_skipped": torch.ones(())}
+        return {"critic_skipped": torch.ones((), device=strong.device)}
     with _buffers_kept(model.encoder), torch.no_grad():
         z = model.encoder(batch["image"])
     critic = model.critic
@@ -152,7 +160,8 @@ def critic_step(model: CafModel, optimizers: CafOptimizers, batch: dict[str, tor
     return {"critic_loss": result.loss.detach(), "margin": result.margin,
             "mutual_information": result.mutual_information,
             "critic_positive": result.positive, "critic_negative": result.negative,
-            "lagrange": critic.lagrange.detach().clone(), "critic_skipped": torch.zeros(())}
+            "lagrange": critic.lagrange.detach().clone(),
+            "critic_skipped": torch.zeros((), device=strong.device)}
 
 
 def encoder_step(model: CafModel, optimizers: CafOptimizers, batch: dict[str, torch.Tensor],
@@ -194,3 +203,103 @@ def train_step(model: CafModel, optimizers: CafOptimizers, batch: dict[str, torc
     for scheduler in optimizers.schedulers:
         scheduler.step()
     return stats
+
+
+# ------------------------------------------------------------ binding to the training loop
+
+
+def caf_config(cfg: Config) -> CafConfig:
+    """``cfg.options`` as a checked :class:`CafConfig` (errors name ``options.<key>``)."""
+    return merged(CafConfig(), cfg.options, "options.")
+
+
+class EmotionSplit(nn.Module):
+    """Holds δ_r, the training set's strong/weak threshold, so checkpoints carry it."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__()
+        self.register_buffer("threshold", torch.tensor(float(threshold)))
+
+
+def training_threshold(cfg: Config, config: CafConfig) -> float:
+    """δ_r from the V/A of the run's training rows (read from the shards, no pixels)."""
+    loc = resolve(cfg.data.uri, cfg.data.endpoint)
+    table = read_columns(loc, read_manifest(loc), ["valence", "arousal", "split", "fold"])
+    rows = np.isin(table["split"].to_numpy(zero_copy_only=False), cfg.data.train_splits)
+    if cfg.data.fold is not None:
+        rows &= table["fold"].to_numpy() != cfg.data.fold
+    valence = table["valence"].to_numpy()[rows]
+    arousal = table["arousal"].to_numpy()[rows]
+    if not np.isfinite(valence).any():
+        raise ConfigError(f"config key 'data.uri': {loc.uri} has no valence/arousal in its "
+                          "training rows; CAF needs V/A targets (e.g. ferplus, taiwanese, "
+                          "jaffe, affectnet, afew-va or the synthetic set)")
+    return emotion_threshold(valence, arousal, config.split, weak_share=config.weak_share)
+
+
+def _modules(cfg: Config, info: DataInfo) -> dict[str, nn.Module]:
+    config = caf_config(cfg)
+    model = build_model(cfg.model_name, num_classes=info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size, **cfg.model.options)
+    return {"model": model, "split": EmotionSplit(training_threshold(cfg, config))}
+
+
+def _optimizers(cfg: Config, modules: dict[str, nn.Module], steps_per_epoch: int):
+    opt = make_optimizers(modules["model"], caf_config(cfg))
+    optimizers = {"encoder": opt.encoder}
+    if opt.critic is not None:
+        optimizers["critic"] = opt.critic
+    return optimizers, dict(zip(optimizers, opt.schedulers, strict=True))
+
+
+def _train(state: TrainState, batch: dict) -> Sums:
+    optimizers = CafOptimizers(state.optimizers["encoder"], state.optimizers.get("critic"),
+                               list(state.schedulers.values()))
+    threshold = float(state.modules["split"].threshold)
+    stats = train_step(state.modules["model"], optimizers, batch, threshold,
+                       caf_config(state.cfg))
+    n = torch.isfinite(batch["valence"]).sum().float()
+    sums = {f"{k}_sum": v.float() * n for k, v in stats.items()
+            if k in ("loss", "va_loss", "adv_loss", "critic_loss", "margin")}
+    return sums | {"count": n}
+
+
+def _eval(state: TrainState, batch: dict) -> Sums:
+    target = torch.stack([batch["valence"], batch["arousal"]], dim=1).float()
+    labelled = target.isfinite().all(1)
+    pred = state.modules["model"](batch["image"]).float()[labelled]
+    target = target[labelled]
+    sums = {f"va_{k}": v for k, v in va_sums(pred, target).items()}
+    return sums | {"loss_sum": ((pred - target) ** 2).sum(), "count": labelled.sum().float()}
+
+
+def _summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
+    count = float(sums.get("count", 0.0))
+    if count == 0:
+        return {f"{prefix}_loss": math.nan, f"{prefix}_mean_ccc": math.nan}
+    out = {f"{prefix}_{k[:-4]}": float(v) / count for k, v in sums.items() if k.endswith("_sum")}
+    if "va_count" in sums:
+        va = va_metrics_from_sums({k[3:]: v for k, v in sums.items() if k.startswith("va_")})
+        out |= {f"{prefix}_{k}": v for k, v in va.items()}
+    return out
+
+
+def _check(cfg: Config) -> None:
+    caf_config(cfg)
+    accepted = model_options(cfg.model_name)
+    for key in cfg.model.options:
+        if key not in accepted:
+            raise ConfigError(f"unknown config key 'model.options.{key}'; model "
+                              f"{cfg.model_name!r} accepts: {', '.join(accepted)}")
+    if cfg.resources.workers != 1:
+        # The alternating critic/encoder updates address sub-networks directly, which a
+        # DDP wrapper would not synchronise; scale CAF out with parallel Tune trials.
+        raise ConfigError("config key 'resources.workers': CAF trains on one worker per run "
+                          f"(got {cfg.resources.workers}); search in parallel with "
+                          "python -m ray_fer.tune caf instead")
+
+
+#: CAF and its no-critic baseline (``model.name: caf_baseline``) on the one training loop.
+CAF = Method(family="caf", metric="val_mean_ccc", mode="max", build_modules=_modules,
+             build_optimizers=_optimizers, train_batch=_train, eval_batch=_eval,
+             summarize=_summarize, check_config=_check)

@@ -135,6 +135,23 @@ def local_checkpoint(uri: str, endpoint: str | None = None) -> Iterator[Path]:
         yield Path(loc.path)
         return
     with tempfile.TemporaryDirectory(prefix="ray_fer-ckpt-") as tmp:
-        pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs,
-                        destination_filesystem=pafs.LocalFileSystem())
+        copy_folder(loc.fs, loc.path, pafs.LocalFileSystem(), tmp)
         yield Path(tmp)
+
+
+def copy_folder(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    """Copy every file below ``src`` to ``dst`` (streams; works between local and S3).
+
+    ``pyarrow.fs.copy_files`` is not used: with an S3 destination it builds ``s3://`` URIs
+    that the S3 filesystem then refuses as paths (pyarrow 26).
+    """
+    for item in src_fs.get_file_info(pafs.FileSelector(src, recursive=True)):
+        if item.type != pafs.FileType.File:
+            continue
+        rel = item.path[len(src.rstrip("/")) + 1:]
+        target = f"{dst.rstrip('/')}/{rel}"
+        if isinstance(dst_fs, pafs.LocalFileSystem):
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        with src_fs.open_input_stream(item.path) as fin, dst_fs.open_output_stream(target) as out:
+            while chunk := fin.read(8 * 2**20):
+                out.write(chunk)

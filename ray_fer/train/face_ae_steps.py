@@ -61,7 +61,8 @@ def ae_step(ae: FaceAutoencoder, optimizer: torch.optim.Optimizer, batch: dict[s
     loss.total.backward()
     optimizer.step()
     return {"loss": loss.total.detach(), "valence_mse": loss.valence.detach(),
-            "arousal_mse": loss.arousal.detach(), "reconstruction_mse": loss.reconstruction.detach()}
+            "arousal_mse": loss.arousal.detach(),
+            "reconstruction_mse": loss.reconstruction.detach()}
 
 
 def regression_step(regressor: nn.Module, optimizer: torch.optim.Optimizer,

@@ -52,7 +52,13 @@ from ray_fer.config import Config, ConfigError
 from ray_fer.data import stream
 from ray_fer.data.shards import read_manifest
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
-from ray_fer.train.checkpoint import META_FILE, Progress, load_checkpoint, save_checkpoint
+from ray_fer.train.checkpoint import (
+    META_FILE,
+    Progress,
+    copy_folder,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ray_fer.train.steps import (
     DataInfo,
     Method,
@@ -168,6 +174,10 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
     if cfg.data.fold is not None:
         rows -= _fold_rows(manifest, cfg.data.fold, data.uri)
     per_step = cfg.train.batch_size * cfg.resources.workers
+    if rows < per_step:
+        raise ConfigError(f"config key 'train.batch_size': {rows} training rows cannot fill "
+                          f"one batch of {cfg.train.batch_size} per worker "
+                          f"({cfg.resources.workers} workers); lower it")
     plan = Plan(config=cfg.to_dict(), data_uri=data.uri, run_uri=run.uri,
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
@@ -448,9 +458,8 @@ class _Scalars:
             self.writer.add_scalar(tag, value, epoch + 1)
         self.writer.flush()
         if self.tmp:
-            pafs.copy_files(self.tmp, self.run.join(TENSORBOARD_DIR),
-                            source_filesystem=pafs.LocalFileSystem(),
-                            destination_filesystem=self.run.fs)
+            copy_folder(pafs.LocalFileSystem(), self.tmp, self.run.fs,
+                        self.run.join(TENSORBOARD_DIR))
 
     def close(self) -> None:
         self.writer.close()
@@ -543,6 +552,8 @@ def run_worker(plan: Plan, method: Method) -> None:
             started = time.perf_counter()
             train_sums, steps = _train_epoch(method, state, train_shard, group, rank,
                                              channels_last)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # time the work, not the kernel launches
             train_time = time.perf_counter() - started
             val_sums = evaluate_shard(method, state, val_shard, channels_last=channels_last)
             train_sums = _all_reduce(train_sums, group)

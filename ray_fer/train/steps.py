@@ -265,15 +265,17 @@ def _classify_eval(state: TrainState, batch: dict) -> Sums:
 
 
 def _classify_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
-    count = float(sums["count"])
-    out = {f"{prefix}_loss": float(sums["loss_sum"]) / max(count, 1.0)}
+    count = float(sums.get("count", 0.0))
+    if count == 0:  # no rows reached this split: say so rather than report zeros
+        return {f"{prefix}_loss": math.nan, f"{prefix}_accuracy": math.nan}
+    out = {f"{prefix}_loss": float(sums["loss_sum"]) / count}
     if "confusion" in sums:
         report = M.classification_metrics(sums["confusion"].cpu().numpy())
         out[f"{prefix}_accuracy"] = report["accuracy"]
         out[f"{prefix}_macro_f1"] = report["macro_f1"]
     else:
-        out[f"{prefix}_accuracy"] = float(sums["correct"]) / max(count, 1.0)
-        out[f"{prefix}_l2"] = float(sums["l2_sum"]) / max(count, 1.0)
+        out[f"{prefix}_accuracy"] = float(sums["correct"]) / count
+        out[f"{prefix}_l2"] = float(sums["l2_sum"]) / count
     return out
 
 

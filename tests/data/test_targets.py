@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import numpy as np
 import pytest
 
@@ -171,3 +173,47 @@ def test_oversampling_replicates_small_groups_up_to_target():
     assert (groups[rows] == 0).sum() == 10 and (groups[rows] == 1).sum() == 7
     copies = np.bincount(rows, minlength=13)[10:]
     assert sorted(copies.tolist()) == [2, 2, 3]
+
+
+def category_means(v: np.ndarray, a: np.ndarray, categories: np.ndarray) -> dict:
+    return {c: (float(np.nanmean(v[categories == c])), float(np.nanmean(a[categories == c])))
+            for c in np.unique(categories)}
+
+
+def test_ferplus_votes_give_circumplex_ordered_va(real_dataset):
+    root = real_dataset("ferplus")
+    with open(root / "FER2013Train" / "label.csv", newline="") as f:
+        votes = np.array([[float(x) for x in row[2:12]] for row in csv.reader(f)])
+    v, a = T.ferplus_va(votes, FERPLUS_COLUMNS)
+    means = category_means(v, a, votes[:, :8].argmax(axis=1))
+    happiness, sadness, anger, neutral = means[1], means[3], means[4], means[0]
+    assert happiness[0] > 0.5 and sadness[0] < -0.4 and anger[0] < -0.4
+    assert anger[1] > sadness[1] + 0.4  # anger is aroused, sadness is not
+    assert np.hypot(*neutral) < 0.2
+    assert 0.2 < T.emotion_threshold(v, a) < 0.9
+
+
+def test_taiwanese_calm_faces_sit_at_the_origin_and_happy_faces_far_from_it(real_dataset):
+    root = real_dataset("taiwanese")
+    with open(root / "image_info.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    shares = np.array([[float(r[f"prop_{e}"]) for e in TAIWANESE_COLUMNS] for r in rows])
+    intensity = np.array([[float(r[f"intensity_{e}"]) for e in TAIWANESE_COLUMNS] for r in rows])
+    v, a = T.taiwanese_va(shares, intensity, TAIWANESE_COLUMNS)
+    performed = np.array([r["file_name"][4] for r in rows])  # a calm ... g surprised
+    r = {c: float(np.mean(T.emotion_intensity(v, a)[performed == c])) for c in "abcdefg"}
+    assert r["a"] < 0.1 and r["b"] > 0.3
+    assert r["a"] == min(r.values())
+    assert category_means(v, a, performed)["b"][0] > 0.2  # happy: positive valence
+
+
+def test_jaffe_ratings_separate_happy_from_negative_expressions(real_dataset):
+    root = real_dataset("jaffe")
+    lines = [line.split() for line in (root / "JAFFE_labels.txt").read_text().splitlines()]
+    lines = [p for p in lines if p and p[0].isdigit()]
+    v, a = T.jaffe_va(np.array([[float(x) for x in p[1:7]] for p in lines]), JAFFE_COLUMNS)
+    posed = np.array([p[7].split("-")[1][:2] for p in lines])
+    means = category_means(v, a, posed)
+    assert means["HA"][0] > 0.15
+    assert all(means[c][0] < -0.15 for c in ("SA", "AN", "DI", "FE"))
+    assert abs(means["NE"][0]) < 0.1

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.threads import single_thread  # noqa: F401
 
 from ray_fer.models.caf import CafModel, caf, caf_baseline
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize(("encoder", "channels", "size", "features"),

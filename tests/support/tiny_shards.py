@@ -42,7 +42,8 @@ def write_tiny_shards(path: Path, *, train: int = 256, val: int = 64, size: int 
                 per_fold[fold] += 1
             writer.add(FaceRow(
                 image=image.clip(0, 255).astype(np.uint8)[..., None], label=label,
-                label_name=CLASSES[label], soft_label=None, valence=float("nan"),
+                label_name=CLASSES[label], soft_label=np.eye(len(CLASSES))[label],
+                valence=float("nan"),
                 arousal=float("nan"), subject_id=f"{split}{j % 8}", split=split, fold=fold,
                 dataset="tiny", source_file=f"{split}/{j}.png"))
     writer.finish(dataset="tiny", format="tiny-test",

@@ -7,12 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from support.threads import single_thread  # noqa: F401
 
 from ray_fer.train import caf_losses as L
 from ray_fer.train.metrics import va_metrics
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 PRED = torch.tensor([[1.0, -1.0], [2.0, 0.0], [3.0, 1.0]])
 TARGET = torch.tensor([[1.0, -1.0], [3.0, 1.0], [2.0, 3.0]])

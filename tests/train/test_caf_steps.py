@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from support.threads import single_thread  # noqa: F401
 
 from ray_fer.data.targets import emotion_threshold
 from ray_fer.models.caf import CafModel
@@ -17,8 +16,6 @@ from ray_fer.train.caf_steps import (
     train_step,
 )
 from ray_fer.train.metrics import va_metrics
-
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 SIZE = 16
 
@@ -135,4 +132,4 @@ def test_short_caf_run_beats_predicting_the_mean():
     train_mean = np.array([[train["valence"].mean().item(), train["arousal"].mean().item()]])
     model_rmse = va_metrics(pred, target)["mean_rmse"]
     mean_rmse = va_metrics(np.repeat(train_mean, len(target), 0), target)["mean_rmse"]
-    assert model_rmse < 0.7 * mean_rmse
+    assert model_rmse < 0.5 * mean_rmse  # measured 0.13-0.21 over three seeds

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.targets import derived_targets_note, ferplus_va
 
 EMOTIONS = (
     "neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"
@@ -68,6 +69,10 @@ class FerPlus:
     def class_names(self, root: Path) -> list[str]:
         return list(EMOTIONS)
 
+    def targets_note(self) -> dict:
+        """Valence/arousal are derived from the vote shares (see :mod:`ray_fer.data.targets`)."""
+        return derived_targets_note()
+
     def scan(self, root: Path) -> Iterator[SourceItem]:
         root = Path(root)
         self.skipped.clear()
@@ -113,11 +118,14 @@ class FerPlus:
             self.skipped.append({"file": source_file, "reason": reason})
             return None
         emotion_votes = sum(votes[: len(EMOTIONS)])
+        (valence,), (arousal,) = ferplus_va(np.array([votes]), VOTE_COLUMNS)
         return SourceItem(
             source_file=source_file,
             label=winner,
             label_name=EMOTIONS[winner],
             soft_label=tuple(v / emotion_votes for v in votes[: len(EMOTIONS)]),
+            valence=float(valence),
+            arousal=float(arousal),
             split=split,
             box=box,
         )

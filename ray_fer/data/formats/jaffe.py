@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from ray_fer.data.formats._labels import emotion_soft_label, parse_float, utf8_lines
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.formats.base import NAN, DatasetFormatError, SourceItem, decode_image
 from ray_fer.data.formats.fer2013 import CLASS_NAMES
-from ray_fer.data.targets import JAFFE_RATING_RANGE
+from ray_fer.data.targets import JAFFE_RATING_RANGE, derived_targets_note, jaffe_va
 
 LABELS_FILE = "JAFFE_labels.txt"
 #: Expression code in file names → class name (FER2013's names and order).
@@ -65,6 +65,10 @@ class Jaffe:
     def class_names(self, root: Path) -> list[str]:
         return list(CLASS_NAMES)
 
+    def targets_note(self) -> dict:
+        """Valence/arousal are derived from the mean ratings (see :mod:`ray_fer.data.targets`)."""
+        return derived_targets_note()
+
     def scan(self, root: Path) -> Iterator[SourceItem]:
         root = Path(root)
         images = _images(root)
@@ -73,11 +77,14 @@ class Jaffe:
             subject, code, _, _ = _parse_name(path)
             name = EXPRESSIONS[code]
             values = ratings.get(path.name)
+            valence, arousal = (NAN, NAN) if values is None else _derived_va(values)
             yield SourceItem(
                 source_file=path.name,
                 label=_LABEL_OF[name],
                 label_name=name,
                 soft_label=None if values is None else _soft_label(values),
+                valence=valence,
+                arousal=arousal,
                 subject_id=subject,
                 needs_detection=True,
             )
@@ -180,3 +187,8 @@ def _soft_label(values: tuple[float, ...]) -> tuple[float, ...] | None:
         for c, v in zip(RATING_COLUMNS, values, strict=True)
     }
     return emotion_soft_label(strengths, CLASS_NAMES)
+
+
+def _derived_va(values: tuple[float, ...]) -> tuple[float, float]:
+    (valence,), (arousal,) = jaffe_va(np.array([values]), [RATED_CLASS[c] for c in RATING_COLUMNS])
+    return float(valence), float(arousal)

@@ -23,8 +23,15 @@ from typing import NamedTuple
 import numpy as np
 
 from ray_fer.data.formats._labels import emotion_soft_label, parse_float, utf8_lines
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, require_columns
+from ray_fer.data.formats.base import (
+    NAN,
+    DatasetFormatError,
+    SourceItem,
+    decode_image,
+    require_columns,
+)
 from ray_fer.data.formats.fer2013 import CLASS_NAMES
+from ray_fer.data.targets import derived_targets_note, taiwanese_va
 
 IMAGES_DIR = "faces_256x256"
 INFO_FILE = "image_info.csv"
@@ -68,6 +75,11 @@ class Taiwanese:
     def class_names(self, root: Path) -> list[str]:
         return list(CLASS_NAMES)
 
+    def targets_note(self) -> dict:
+        """Valence/arousal are derived from observer shares and intensities
+        (see :mod:`ray_fer.data.targets`)."""
+        return derived_targets_note()
+
     def scan(self, root: Path) -> Iterator[SourceItem]:
         root = Path(root)
         images = _images(root)
@@ -75,11 +87,14 @@ class Taiwanese:
         for path in images:
             performer, expression = _parse_name(path)
             rated = ratings.get(path.name)
+            valence, arousal = (NAN, NAN) if rated is None else _derived_va(rated)
             yield SourceItem(
                 source_file=f"{IMAGES_DIR}/{path.name}",
                 label=_LABEL_OF[expression],
                 label_name=expression,
                 soft_label=None if rated is None else _soft_label(rated.shares),
+                valence=valence,
+                arousal=arousal,
                 subject_id=performer,
                 needs_detection=True,
             )
@@ -158,3 +173,9 @@ def _soft_label(shares: tuple[float, ...]) -> tuple[float, ...] | None:
     return emotion_soft_label(
         {RATED_CLASS[e]: s for e, s in zip(EMOTIONS, shares, strict=True)}, CLASS_NAMES
     )
+
+
+def _derived_va(rated: ObserverRatings) -> tuple[float, float]:
+    (valence,), (arousal,) = taiwanese_va(np.array([rated.shares]), np.array([rated.intensities]),
+                                          [RATED_CLASS[e] for e in EMOTIONS])
+    return float(valence), float(arousal)
