@@ -165,6 +165,10 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     items = list(reader.scan(root))
     if not items:
         raise DatasetFormatError(f"{root}: no images found for format {format!r}")
+    # Layouts list faces class by class; shards in that order would feed single-class
+    # blocks to training (batch norm then learns the batch's class, not the face). A seeded
+    # permutation mixes them and keeps ingest reproducible.
+    items = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     class_names = reader.class_names(root)
     fold_of, by = _fold_of_items(items, folds, seed)
     workers = min(workers or len(os.sched_getaffinity(0)), -(-len(items) // CHUNK))

@@ -140,13 +140,15 @@ def _connect(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
+    env = ray_runtime_env().get("env_vars", {}) | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=ray_runtime_env() or None)
+        ray.init(runtime_env={"env_vars": env})
         return
     # Local mode: Train workers, Ray Data tasks and trial drivers share the machine's
     # cores; logical CPUs beyond the physical ones let small trials overlap their I/O.
     ray.init(num_cpus=max(os.cpu_count() or 1, 2 * cfg.resources.cpus_per_worker + 2),
-             runtime_env=ray_runtime_env() or None)
+             runtime_env={"env_vars": env})
 
 
 def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,

@@ -8,6 +8,13 @@ marker variable unique to the node, so the node's processes are found in ``/proc
 after their parent died and they were re-parented, or renamed themselves (``ray::IDLE``).
 ``ray stop`` is never used: it would stop every Ray instance of the user.
 
+Addresses: the nodes are started with ``--node-ip-address=127.0.0.1`` and the dashboard
+listens on 127.0.0.1 only, but Ray 2.60 replaces a loopback node address with the machine's
+own (``services.resolve_ip_for_localhost``) and its GCS listens on all interfaces. The
+cluster therefore runs with token authentication (``RAY_AUTH_MODE=token``, a fresh token
+per cluster): nothing reaches it without the token, which only this process and the
+cluster's own processes hold (``RayNode.client_env()`` passes it to drivers).
+
     head = start_head(num_cpus=2, resources={"node_a": 1})
     node = add_node(head, num_cpus=2, resources={"node_b": 1})
     ...                      # RAY_ADDRESS=head.address python ...; ray job submit --address
@@ -161,14 +168,15 @@ def _node_ports() -> list[str]:
     return [f"{flag}={free_port()}" for flag in flags]
 
 
-def _launch(args: list[str], temp_dir: Path, marker: str, token: str,
+def _launch(args: list[str], temp_dir: Path, marker: str, token: str, address: str,
             env: dict[str, str] | None) -> subprocess.Popen:
     # Token authentication with a token of this cluster only: a token file of the user
     # (~/.ray/auth_token) would otherwise switch it on or off depending on the machine.
     auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    environ = os.environ | SLOW_MACHINE_ENV | (env or {}) | auth | {MARKER: marker}
-    # A driver's RAY_ADDRESS would make `ray start --head` refuse or join the wrong cluster.
-    environ.pop("RAY_ADDRESS", None)
+    # RAY_ADDRESS: Ray's own actors that look the cluster up (e.g. Train's placement-group
+    # cleaner) would otherwise find every Ray instance on the machine and give up.
+    environ = (os.environ | SLOW_MACHINE_ENV | (env or {}) | auth
+               | {MARKER: marker, "RAY_ADDRESS": address})
     with (temp_dir / "ray-start.log").open("wb") as log:
         return subprocess.Popen(
             [_ray_executable(), "start", "--block", *args], stdout=log,
@@ -272,7 +280,7 @@ def _start(name: str, args: list[str], *, head: RayNode | None, num_cpus: int,
                            "--num-gpus=0", f"--resources={json.dumps(resources)}",
                            f"--object-store-memory={object_store_mb * 2**20}",
                            "--disable-usage-stats", *_node_ports()], node_dir, marker, token,
-                          env)
+                          address, env)
         node = RayNode(name=name, temp_dir=node_dir, process=process, marker=marker,
                        address=address, resources=resources, num_cpus=num_cpus,
                        dashboard_url=url, owns_temp_dir=owned, token=token)

@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -225,8 +226,11 @@ class ShardWriter:
             return
         rows, self._rows = self._rows, []
         k = len(self.class_names) or 1
+        # "No soft label" is stored as NaNs, not null: older pyarrow releases (25.x) cannot
+        # read null entries of a fixed-size-list column back from Parquet.
         soft = [
-            None if r.soft_label is None else [float(x) for x in r.soft_label] for r in rows
+            [math.nan] * k if r.soft_label is None else [float(x) for x in r.soft_label]
+            for r in rows
         ]
         for r, s in zip(rows, soft, strict=True):
             if s is not None and len(s) != k:
@@ -325,7 +329,8 @@ def verify_shards(loc: Location, manifest: Manifest) -> None:
 def decode_images(column: pa.Array | pa.ChunkedArray, image_shape: Sequence[int]) -> np.ndarray:
     """The ``image`` column as one uint8 array (N, H, W, C), without per-row copies."""
     if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
+        # combine_chunks copies even a single chunk; take that chunk as it is.
+        column = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
     n = len(column)
     h, w, c = image_shape
     width = h * w * c

@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ray_fer.config import Config, ConfigError
+from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
 from ray_fer.data.shards import read_manifest
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
@@ -128,8 +128,6 @@ def with_run_name(cfg: Config) -> Config:
     """``cfg`` with a run name: the configured one, else ``<method>-<UTC time>``."""
     if cfg.run.name:
         return cfg
-    from ray_fer.config import override
-
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return override(cfg, "run.name", f"{cfg.method}-{stamp}")
 
@@ -178,7 +176,9 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
         raise ConfigError(f"config key 'train.batch_size': {rows} training rows cannot fill "
                           f"one batch of {cfg.train.batch_size} per worker "
                           f"({cfg.resources.workers} workers); lower it")
-    plan = Plan(config=cfg.to_dict(), data_uri=data.uri, run_uri=run.uri,
+    # Workers see the resolved data URI (the embedded default has none configured).
+    plan = Plan(config=override(cfg, "data.uri", data.uri).to_dict(), data_uri=data.uri,
+                run_uri=run.uri,
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
                 start_epoch=0 if done is None else done + 1)

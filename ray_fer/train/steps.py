@@ -311,7 +311,12 @@ def method_for(name: str) -> Method:
     """The :class:`Method` that trains ``name`` (a registered classifier, or a V/A method)."""
     if name in model_names("classify"):
         return CLASSIFY
-    known = ", ".join(model_names("classify"))
+    if name in model_names("va") and model_defaults(name).family == "caf":
+        # Imported here: the V/A methods build on this module's shared pieces.
+        from ray_fer.train.caf_steps import CAF
+
+        return CAF
+    known = ", ".join([*model_names("classify"), "caf", "caf_baseline"])
     raise ConfigError(f"unknown method {name!r}; choose one of: {known}")
 
 

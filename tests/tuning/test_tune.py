@@ -1,0 +1,168 @@
+"""``python -m ray_fer.tune`` end to end on a real local Ray: Optuna proposes inside the YAML
+bounds, ASHA stops trials early, the results table, best config, best checkpoint and the
+TensorBoard files (per-trial scalars and hparams) are written, and ``--resume`` finishes an
+interrupted experiment without re-running finished trials."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+from support.tiny_shards import write_tiny_shards
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from ray_fer.tune import main
+from ray_fer.tuning.space import load_search_space
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+
+SPACE = {
+    "method": "deep_emotion",
+    "fixed": {"train.epochs": 3, "train.batch_size": 32, "model.options.dropout": 0.1},
+    "search": {"optim.lr": {"loguniform": [1.0e-5, 3.0e-3]},
+               "loss.l2": {"loguniform": [1.0e-6, 1.0e-2]}},
+}
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> str:
+    return write_tiny_shards(tmp_path_factory.mktemp("tiny") / "shards")
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "deep_emotion.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+def _args(shards: str, space: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    return ["deep_emotion", "--data", shards, "--space", str(space), "--storage", str(storage),
+            "--name", name, "--grace-period", "1", "--reduction-factor", "2", "--seed", "3",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def search(shards, space_file, tmp_path_factory) -> Path:
+    storage = tmp_path_factory.mktemp("searches")
+    try:
+        assert main(_args(shards, space_file, storage, "de", "--num-samples", "4",
+                          "--max-concurrent", "1")) == 0
+    finally:
+        ray.shutdown()
+    return storage / "de"
+
+
+def _rows(exp: Path) -> list[dict]:
+    with (exp / "results.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_trials_run_with_values_inside_the_yaml_bounds(search, space_file):
+    rows = _rows(search)
+    assert len(rows) == 4
+    space = load_search_space(space_file, lambda k, v: None)
+    for row in rows:
+        for param in space.params:
+            assert param.contains(float(row[param.key])), (param.key, row[param.key])
+        assert row["status"] in ("completed", "stopped early")
+    assert len({row["optim.lr"] for row in rows}) == 4
+
+
+def test_asha_stops_weak_trials_early(search):
+    rows = _rows(search)
+    epochs = sorted(int(r["epochs"]) for r in rows)
+    assert epochs[0] < 3 <= epochs[-1], epochs
+    assert any(r["status"] == "stopped early" for r in rows)
+
+
+def test_results_table_best_config_and_checkpoint_are_exported(search):
+    rows = _rows(search)
+    best = max(rows, key=lambda r: float(r["val_accuracy"]))
+    assert rows[0]["trial_id"] == best["trial_id"]
+    assert (search / "results.md").read_text().count("\n") == len(rows) + 2
+    config = yaml.safe_load((search / "best_config.yaml").read_text())
+    assert config["optim"]["lr"] == pytest.approx(float(best["optim.lr"]), rel=1e-5)
+    assert any((search / "best_checkpoint").iterdir())
+
+
+def _event_files(exp: Path) -> list[Path]:
+    return [p for p in exp.rglob("events.out.tfevents.*") if "train" not in p.parts]
+
+
+def test_tensorboard_holds_per_trial_scalars_and_hparams(search):
+    files = _event_files(search)
+    trial_dirs = {p.parent for p in files}
+    assert len(trial_dirs) == 4
+    with_hparams = 0
+    for folder in trial_dirs:
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        acc.Reload()
+        assert any(tag.endswith("val_accuracy") for tag in acc.Tags()["scalars"])
+        with_hparams += "hparams" in acc.ActivePlugins()
+    assert with_hparams == 4
+
+
+def test_caf_search_on_the_embedded_faces_reports_ccc(tmp_path):
+    from ray_fer.data.synthetic import ensure_default_shards
+
+    data = ensure_default_shards(tmp_path / "cache", size=48, channels=1)
+    try:
+        assert main(["caf", "--data", data, "--storage", str(tmp_path), "--name", "caf",
+                     "--num-samples", "2", "--max-concurrent", "2", "--epochs", "1",
+                     "--set", "data.shuffle_buffer=0"]) == 0
+    finally:
+        ray.shutdown()
+    rows = _rows(tmp_path / "caf")
+    assert len(rows) == 2
+    assert all(-1.0 <= float(r["val_mean_ccc"]) <= 1.0 for r in rows)
+
+
+def _finished_trials(exp: Path, epochs: int) -> list[Path]:
+    done = []
+    for result in exp.glob("*/result.json"):
+        lines = [json.loads(x) for x in result.read_text().splitlines() if x.strip()]
+        if lines and lines[-1].get("training_iteration") == epochs:
+            done.append(result.parent)
+    return done
+
+
+def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, space_file,
+                                                                      tmp_path):
+    args = _args(shards, space_file, tmp_path, "killed", "--num-samples", "3",
+                 "--max-concurrent", "1", "--epochs", "2")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "ray_fer.tune", *args], cwd=tmp_path,
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    exp = tmp_path / "killed"
+    try:
+        deadline = time.monotonic() + 600
+        while not _finished_trials(exp, 2) and time.monotonic() < deadline:
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+            time.sleep(2)
+        finished = _finished_trials(exp, 2)
+        assert finished, "no trial finished within 10 minutes"
+    finally:
+        # The driver and the local Ray it started share its session: kill them all.
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = {p: p.joinpath("result.json").read_text() for p in finished}
+    try:
+        assert main(args + ["--resume"]) == 0
+    finally:
+        ray.shutdown()
+    rows = _rows(exp)
+    assert len(rows) == 3
+    for trial, text in before.items():
+        assert trial.joinpath("result.json").read_text() == text, f"{trial.name} re-ran"
