@@ -49,7 +49,10 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[st
         records = [] if history is None else history.to_dict("records")
         values = [r.get(metric, math.nan) for r in records]
         best = _best_index(values, mode)
-        ran = int(result.metrics.get("training_iteration", len(records))) if result.metrics else 0
+        # Epochs, not Tune iterations: a trial retried from its checkpoint restarts the
+        # iteration count but its reports carry the epoch it reached.
+        last = result.metrics or {}
+        ran = int(last["epoch"]) + 1 if "epoch" in last else len(records)
         if result.error is not None:
             status = "error"
         elif ran < epochs:
@@ -57,12 +60,10 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[st
         else:
             status = "completed"
         rows.append(TrialRow(
-            trial_id=str(result.metrics.get("trial_id", result.path.rsplit("/", 1)[-1])
-                         if result.metrics else result.path.rsplit("/", 1)[-1]),
+            trial_id=str(last.get("trial_id") or result.path.rsplit("/", 1)[-1]),
             params={k: result.config.get(k) for k in param_keys},
             metric=math.nan if best is None else float(values[best]),
-            best_epoch=-1 if best is None else int(records[best].get("training_iteration",
-                                                                     best + 1)),
+            best_epoch=-1 if best is None else int(records[best].get("epoch", best)) + 1,
             epochs=ran, status=status,
             checkpoint=None if best is None else records[best].get(CHECKPOINT_PATH_KEY),
         ))
