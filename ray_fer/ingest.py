@@ -217,6 +217,7 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
     folds = fold_info | {"rows_per_fold": [rows_per_fold[f] for f in range(k)]}
     if folds["by"] == "subject":
         folds["subjects_per_fold"] = [len(subjects_per_fold.get(f, ())) for f in range(k)]
+    no_face.sort()  # rows are written shuffled; list the failures in source order
     skipped = list(getattr(reader, "skipped", [])) + [
         {"file": f, "reason": NO_FACE} for f in no_face]
     return writer.finish(

@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ray_fer.storage import Location
+from ray_fer.train.checkpoint import copy_folder
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 
@@ -113,6 +114,5 @@ def export_checkpoint(loc: Location, checkpoint_path: str, name: str = "best_che
     dest = loc.join(name)
     if loc.fs.get_file_info(dest).type != pafs.FileType.NotFound:
         loc.fs.delete_dir(dest)
-    pafs.copy_files(checkpoint_path, dest, source_filesystem=loc.fs,
-                    destination_filesystem=loc.fs)
+    copy_folder(loc.fs, checkpoint_path, loc.fs, dest)
     return loc.child_uri(name)

@@ -192,7 +192,7 @@ def _launch(directory: Path, timeout: float) -> SeaweedFS:
     raise RuntimeError(f"SeaweedFS at {server.endpoint} {why}; log tail:\n{tail}")
 
 
-def start_seaweedfs(directory: Path, *, timeout: float = 60, attempts: int = 3) -> SeaweedFS:
+def start_seaweedfs(directory: Path, *, timeout: float = 180, attempts: int = 3) -> SeaweedFS:
     """Start SeaweedFS (master, volume, filer, S3) in ``directory`` on free loopback ports.
 
     Waits until S3 accepts writes. Retries on fresh ports when a port was taken between
