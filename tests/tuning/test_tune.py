@@ -5,6 +5,7 @@ interrupted experiment without re-running finished trials."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -109,7 +110,8 @@ def test_tensorboard_holds_per_trial_scalars_and_hparams(search):
         acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
         acc.Reload()
         assert any(tag.endswith("val_accuracy") for tag in acc.Tags()["scalars"])
-        with_hparams += "hparams" in acc.ActivePlugins()
+        with contextlib.suppress(KeyError):  # KeyError: the file has no hparams at all
+            with_hparams += "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
     assert with_hparams == 4
 
 
