@@ -223,6 +223,8 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
     return writer.finish(
         dataset=reader.dataset, format=reader.name, split_source=reader.split_source(),
         folds=folds, skipped=skipped,
+        # Readers that derive V/A from ratings say so; every report must carry it on.
+        targets=getattr(reader, "targets_note", dict)(),
         face_detection={"attempted": attempted, "found": attempted - len(no_face),
                         "failed": no_face},
     )

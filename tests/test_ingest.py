@@ -300,3 +300,25 @@ def test_class_map_for_a_format_without_one_is_refused(tmp_path, capsys):
     code, err = run_cli(capsys, "ckplus48", str(tmp_path), "--out", str(tmp_path / "out"),
                         "--class-map", str(class_map))
     assert code == 1 and "format 'ckplus48'" in err and "class_map" in err
+
+
+def test_rated_datasets_get_derived_valence_arousal_marked_as_derived(real_dataset, tmp_path):
+    out = tmp_path / "jaffe"
+    manifest = ingest("jaffe", real_dataset("jaffe"), str(out), folds=10, workers=1,
+                      progress=False)
+    assert manifest.targets["valence_arousal"] == "derived"
+    assert "Warriner" in manifest.targets["source"]
+    table = pq.read_table(out / manifest.shards[0].file, columns=["valence", "arousal",
+                                                                   "label_name"])
+    valence = table["valence"].to_numpy()
+    names = np.array(table["label_name"].to_pylist())
+    assert np.isfinite(valence).all() and np.isfinite(table["arousal"].to_numpy()).all()
+    assert valence[names == "happy"].mean() > 0 > valence[names == "sad"].mean()
+
+
+def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_local):
+    _, loc, manifest = ckplus_local
+    names = read_all(loc, manifest)["label_name"].to_pylist()
+    runs = sum(a != b for a, b in zip(names, names[1:], strict=False))
+    # Class-by-class order would change label about 6 times; a shuffle, hundreds.
+    assert runs > len(names) // 3
