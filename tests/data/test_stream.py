@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import ray
 import torch
-from support.s3 import s3_server  # noqa: F401 - fixture
 
 from ray_fer.data.shards import FaceRow, ShardError, ShardWriter
 from ray_fer.data.stream import (
@@ -81,7 +80,7 @@ def _all(ds: ray.data.Dataset) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def ray_local(s3_server):  # noqa: F811 - S3 variables must be set before workers start
+def ray_local(s3_server):  # S3 variables must be set before workers start
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield
@@ -166,7 +165,7 @@ def test_shuffled_split_reorders_each_epoch_reproducibly(ray_local, faces, tmp_p
     assert epochs(7) == [first, second]
 
 
-def test_open_split_reads_the_same_rows_from_s3(ray_local, prefix, s3_server):  # noqa: F811
+def test_open_split_reads_the_same_rows_from_s3(ray_local, prefix, s3_server):
     uri = s3_server.new_bucket("stream") + "/tiny"
     _write(uri, _faces())
     got = _all(open_split(uri, splits=["train"])[0])

@@ -140,11 +140,14 @@ class SeaweedFS:
 def _ready(server: SeaweedFS) -> bool:
     """True once a bucket can be created and written (volume server registered)."""
     client = server.client()
+    # A fresh name per probe: a probe that created its bucket but failed to write must
+    # not make every later probe fail on "bucket already exists".
+    bucket = f"ready-probe-{secrets.token_hex(4)}"
     try:
-        client.create_bucket(Bucket="ready-probe")
-        client.put_object(Bucket="ready-probe", Key="probe", Body=b"x")
-        client.delete_object(Bucket="ready-probe", Key="probe")
-        client.delete_bucket(Bucket="ready-probe")
+        client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key="probe", Body=b"x")
+        client.delete_object(Bucket=bucket, Key="probe")
+        client.delete_bucket(Bucket=bucket)
     except Exception:  # noqa: BLE001 - any failure means "not yet"; the wait is bounded
         return False
     return True
