@@ -18,7 +18,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -28,7 +28,7 @@ import numpy as np
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
 from ray_fer.data.shards import FaceRow, Manifest, ShardError, ShardWriter, invalidate
-from ray_fer.data.splits import assign_folds
+from ray_fer.data.splits import assign_folds, stratified_holdout
 from ray_fer.storage import Location, StorageError, check_reachable, resolve
 
 #: (size, channels) of formats whose images are already face crops: kept as they are.
@@ -123,6 +123,40 @@ def _fold_of_items(items: Sequence[SourceItem], k: int, seed: int) -> tuple[list
     return folds, by
 
 
+def _held_out(items: list[SourceItem], sizes: dict[str, int], seed: int, format: str,
+              split_source: dict[str, str]) -> tuple[list[SourceItem], dict[str, str]]:
+    """Items re-split by :func:`stratified_holdout`, and the manifest's note on how."""
+    if split_source:
+        raise ValueError(f"--holdout: format {format!r} has official splits "
+                         f"({', '.join(split_source)}); hold-outs are for datasets without")
+    unknown = set(sizes) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"--holdout: unknown split(s) {sorted(unknown)}; use train, val, test")
+    if sum(sizes.values()) != len(items):
+        raise ValueError(f"--holdout {_sizes_text(sizes)} adds up to {sum(sizes.values())}, "
+                         f"but the source has {len(items)} images")
+    names = stratified_holdout([item.label for item in items], sizes, seed)
+    note = {name: f"hold-out of {n} of {len(items)} images, stratified by class, seed {seed}"
+            for name, n in sizes.items()}
+    return [replace(item, split=name) for item, name in zip(items, names, strict=True)], note
+
+
+def _sizes_text(sizes: dict[str, int]) -> str:
+    return ",".join(f"{name}={n}" for name, n in sizes.items())
+
+
+def _parse_holdout(text: str) -> dict[str, int]:
+    """``train=120,val=23,test=70`` → ``{"train": 120, "val": 23, "test": 70}``."""
+    sizes: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, count = part.partition("=")
+        if not count.strip().isdigit():
+            raise ValueError(f"--holdout {text!r}: expected split=count pairs such as "
+                             "train=120,val=23,test=70")
+        sizes[name.strip()] = int(count)
+    return sizes
+
+
 def _check_options(size: int | None, channels: int | None, folds: int,
                    workers: int | None) -> None:
     if size is not None and not 8 <= size <= 1024:
@@ -138,12 +172,15 @@ def _check_options(size: int | None, channels: int | None, folds: int,
 def ingest(format: str, source: str | Path, out: str, *, size: int | None = None,
            channels: int | None = None, folds: int = 10, seed: int = 0,
            endpoint: str | None = None, workers: int | None = None,
-           reader_options: dict | None = None, progress: bool = True) -> Manifest:
+           reader_options: dict | None = None, holdout: dict[str, int] | None = None,
+           progress: bool = True) -> Manifest:
     """Ingest dataset ``source`` in layout ``format`` into face shards at ``out``.
 
     ``size``/``channels`` default to the dataset's native crop (48 px gray for FER2013,
     FER+ and CK+48) and to 64 px RGB for whole photos. ``folds`` subject-independent folds
     (seeded by ``seed``) are assigned to the train split; other splits get fold -1.
+    ``holdout`` (split → row count, e.g. JAFFE's ``{"train": 120, "val": 23, "test": 70}``)
+    splits a dataset without official splits by class-stratified, seeded sampling.
     Raises :class:`DatasetFormatError`, :class:`StorageError`, :class:`ShardError` or
     ``ValueError`` with a message naming the file, column or endpoint; on any failure
     the prefix is left without a manifest.
@@ -165,6 +202,9 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     items = list(reader.scan(root))
     if not items:
         raise DatasetFormatError(f"{root}: no images found for format {format!r}")
+    split_source = reader.split_source()
+    if holdout:
+        items, split_source = _held_out(items, holdout, seed, format, split_source)
     # Layouts list faces class by class; shards in that order would feed single-class
     # blocks to training (batch norm then learns the batch's class, not the face). A seeded
     # permutation mixes them and keeps ingest reproducible.
@@ -175,7 +215,7 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     try:
         return _write(reader, root, items, fold_of, class_names, spec, loc, workers=workers,
                       fold_info={"k": folds, "seed": seed, "by": by, "split": "train"},
-                      progress=progress)
+                      split_source=split_source, progress=progress)
     except OSError as exc:  # storage errors not already named by the shard writer
         where = f" at endpoint {loc.endpoint}" if loc.endpoint else ""
         raise StorageError(f"writing {loc.uri}{where} failed: {exc}") from exc
@@ -183,7 +223,7 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
 
 def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[int],
            class_names: list[str], spec: FaceSpec, loc: Location, *, workers: int,
-           fold_info: dict, progress: bool) -> Manifest:
+           fold_info: dict, split_source: dict[str, str], progress: bool) -> Manifest:
     from tqdm import tqdm
 
     writer = ShardWriter(loc, (spec.size, spec.size, spec.channels), class_names)
@@ -221,7 +261,7 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
     skipped = list(getattr(reader, "skipped", [])) + [
         {"file": f, "reason": NO_FACE} for f in no_face]
     return writer.finish(
-        dataset=reader.dataset, format=reader.name, split_source=reader.split_source(),
+        dataset=reader.dataset, format=reader.name, split_source=split_source,
         folds=folds, skipped=skipped,
         # Readers that derive V/A from ratings say so; every report must carry it on.
         targets=getattr(reader, "targets_note", dict)(),
@@ -269,7 +309,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, choices=(1, 3),
                    help="1 gray or 3 RGB (default: native, else 3)")
     p.add_argument("--folds", type=int, default=10, help="k of the k-fold column (default 10)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold and hold-out assignment")
+    p.add_argument("--holdout", metavar="SPLIT=N,...",
+                   help="split a dataset without official splits into these counts, "
+                        "class-stratified (JAFFE paper protocol: train=120,val=23,test=70)")
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
     p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
@@ -286,6 +329,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             args.format, args.source, args.out, size=args.size, channels=args.channels,
             folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,
             reader_options=options, progress=not args.no_progress,
+            holdout=_parse_holdout(args.holdout) if args.holdout else None,
         )
     except (DatasetFormatError, StorageError, ShardError, ValueError) as exc:
         print(f"ingest failed: {exc} (no manifest written)", file=sys.stderr)

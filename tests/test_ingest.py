@@ -232,6 +232,7 @@ def test_more_folds_than_subjects_is_refused(tmp_path):
     (["--folds", "0"], "--folds must be >= 1"),
     (["--size", "4"], "--size must be between 8 and 1024"),
     (["--workers", "0"], "--workers must be >= 1"),
+    (["--holdout", "train=120,val=x"], "expected split=count pairs"),
 ])
 def test_bad_flags_fail_before_any_work(tmp_path, capsys, flags, says):
     code, err = run_cli(capsys, "ckplus48", str(tmp_path / "missing"), "--out",
@@ -314,6 +315,29 @@ def test_rated_datasets_get_derived_valence_arousal_marked_as_derived(real_datas
     names = np.array(table["label_name"].to_pylist())
     assert np.isfinite(valence).all() and np.isfinite(table["arousal"].to_numpy()).all()
     assert valence[names == "happy"].mean() > 0 > valence[names == "sad"].mean()
+
+
+def test_jaffe_paper_holdout_gives_120_23_70_with_every_class_in_each_split(real_dataset,
+                                                                            tmp_path):
+    out = tmp_path / "jaffe"
+    manifest = ingest("jaffe", real_dataset("jaffe"), str(out), folds=10, workers=1,
+                      progress=False, holdout={"train": 120, "val": 23, "test": 70})
+    assert {s: sum(c.values()) for s, c in manifest.counts.items()} == {
+        "test": 70, "train": 120, "val": 23}
+    assert all(len(manifest.counts[s]) == 7 for s in ("train", "test"))
+    assert "stratified by class, seed 0" in manifest.split_source["val"]
+    assert sum(manifest.folds["rows_per_fold"]) == 120  # folds only over the train split
+    with pytest.raises(ValueError, match="adds up to 200, but the source has 213"):
+        ingest("jaffe", real_dataset("jaffe"), str(tmp_path / "bad"), workers=1,
+               progress=False, holdout={"train": 120, "val": 10, "test": 70})
+
+
+def test_holdout_of_a_dataset_with_official_splits_is_refused(tmp_path):
+    source = tmp_path / "fer2013.csv"
+    source.write_text("emotion,pixels,Usage\n0," + " ".join(["0"] * 2304) + ",Training\n")
+    with pytest.raises(ValueError, match="has official splits"):
+        ingest("fer2013-csv", source, str(tmp_path / "out"), folds=1, progress=False,
+               holdout={"train": 1})
 
 
 def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_local):

@@ -1,4 +1,4 @@
-"""Subject-independent, seeded, balanced k-fold assignment."""
+"""Subject-independent, seeded, balanced k-folds; class-stratified hold-out splits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ray_fer.data.splits import assign_folds
+from ray_fer.data.splits import assign_folds, stratified_holdout
 
 
 def subjects_of(n_subjects: int, n_rows: int, seed: int = 0) -> list[str]:
@@ -48,3 +48,29 @@ def test_rows_without_subject_are_their_own_groups():
 def test_k_must_be_positive():
     with pytest.raises(ValueError, match="k must be >= 1"):
         assign_folds(["a"], 0, seed=0)
+
+
+JAFFE_SIZES = {"train": 120, "val": 23, "test": 70}
+
+
+def test_holdout_has_the_exact_sizes_and_each_split_keeps_the_class_mix():
+    labels = np.repeat(np.arange(7), [30, 29, 32, 31, 30, 31, 30])  # JAFFE's 213 per class
+    split = stratified_holdout(labels.tolist(), JAFFE_SIZES, seed=0)
+    assert Counter(split) == JAFFE_SIZES
+    for name, size in JAFFE_SIZES.items():
+        per_class = Counter(labels[np.array(split) == name].tolist())
+        expected = np.bincount(labels) * size / len(labels)
+        # Interleaving by within-class rank keeps every class within one row of its share.
+        assert all(abs(per_class[c] - expected[c]) < 1.0 + 1e-9 for c in range(7)), name
+
+
+def test_holdout_is_deterministic_per_seed():
+    labels = np.random.default_rng(1).integers(0, 7, 213).tolist()
+    first = stratified_holdout(labels, JAFFE_SIZES, seed=3)
+    assert first == stratified_holdout(labels, JAFFE_SIZES, seed=3)
+    assert first != stratified_holdout(labels, JAFFE_SIZES, seed=4)
+
+
+def test_holdout_sizes_must_cover_every_row():
+    with pytest.raises(ValueError, match="add up to the 10 rows"):
+        stratified_holdout([0] * 10, {"train": 8, "test": 1}, seed=0)
