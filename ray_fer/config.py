@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ray_fer.data.device_cache import CacheMode
 from ray_fer.data.stream import AugmentConfig
 
 
@@ -50,6 +51,11 @@ class DataSection:
     endpoint: str | None = None
     #: Rows held by the local shuffle buffer of the training stream (0 = block shuffle only).
     shuffle_buffer: int = 2048
+    #: Keep each worker's rows on its device after the first epoch: auto (CUDA, when they
+    #: fit), on (any device), off (stream every epoch). See ray_fer.data.device_cache.
+    cache: CacheMode = "auto"
+    #: Share of the device memory free at the start that each split's cache may take.
+    cache_fraction: float = 0.2
 
 
 @dataclass
@@ -102,6 +108,9 @@ class TrainSection:
     bf16: bool = True
     #: channels_last memory format on GPU for convnets (ignored on CPU).
     channels_last: bool = True
+    #: Validation faces explained (Grad-CAM, Guided Grad-CAM) in TensorBoard at each new
+    #: best epoch; 0 = none.
+    explain_images: int = 8
 
 
 @dataclass
@@ -111,6 +120,12 @@ class ResourcesSection:
     cpus_per_worker: int = 1
     #: GPUs per worker; a fraction lets several Tune trials share one GPU.
     gpus_per_worker: float = 1.0
+    #: Placement of a run's workers: PACK (fewest nodes, fast DDP), SPREAD (across nodes),
+    #: STRICT_PACK (one node) or STRICT_SPREAD (one worker per node).
+    placement: str = "PACK"
+    #: Custom resources each worker needs, e.g. ``{"a100": 1}`` to pin workers to the nodes
+    #: that advertise ``a100`` (``--set resources.custom.a100=1``).
+    custom: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -317,12 +332,17 @@ def override(cfg: Config, key: str, value: Any) -> Config:
     return merged(cfg, _nested(key, value))
 
 
+#: Ray placement-group strategies for a run's workers.
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 def validate(cfg: Config) -> None:
     """Range checks the types cannot express; the message names the key."""
     checks = [
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "must be >= 1"),
+        ("train.explain_images", cfg.train.explain_images >= 0, "must be >= 0"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.warmup", 0 <= cfg.optim.warmup < 1, "must be in [0, 1)"),
@@ -335,9 +355,16 @@ def validate(cfg: Config) -> None:
          "must be >= 8"),
         ("data.fold", cfg.data.fold is None or cfg.data.fold >= 0, "must be >= 0"),
         ("data.train_splits", bool(cfg.data.train_splits), "must name at least one split"),
+        ("data.cache_fraction", 0 < cfg.data.cache_fraction <= 0.9, "must be in (0, 0.9]"),
         ("resources.workers", cfg.resources.workers >= 1, "must be >= 1"),
         ("resources.cpus_per_worker", cfg.resources.cpus_per_worker >= 1, "must be >= 1"),
         ("resources.gpus_per_worker", cfg.resources.gpus_per_worker > 0, "must be > 0"),
+        ("resources.placement", cfg.resources.placement in PLACEMENTS,
+         f"must be one of {', '.join(PLACEMENTS)}"),
+        *((f"resources.custom.{k}", k not in ("CPU", "GPU", "memory") and isinstance(
+            v, int | float) and not isinstance(v, bool) and v > 0,
+           "must be an amount > 0 of a custom resource (CPU, GPU, memory have their own keys)")
+          for k, v in cfg.resources.custom.items()),
         ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, "must be >= 1"),
         ("run.max_failures", cfg.run.max_failures >= -1, "must be >= -1"),
         ("run.name", "/" not in cfg.run.name, "must not contain '/'"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_fer.config import Config, ConfigError, build_config, override
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
 from ray_fer.storage import Location, StorageError, resolve
 from ray_fer.tuning.results import (
     export_checkpoint,
@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per Train worker; a fraction packs several trials on one GPU")
     p.add_argument("--cpus-per-worker", type=int, help="CPUs per Train worker")
+    p.add_argument("--placement", choices=PLACEMENTS,
+                   help="placement of a trial's workers (default PACK; SPREAD across nodes)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a failed trial, from its latest checkpoint (default 1; "
+                        "a lost node or a killed worker costs one)")
     p.add_argument("--storage", default="results",
                    help="folder or s3:// prefix for experiments (default results/)")
     p.add_argument("--name", help="experiment name (default <method>-search)")
@@ -93,10 +98,11 @@ def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
     method = method_for(args.method)
     flags = {"data.uri": args.data, "data.endpoint": args.endpoint, "train.epochs": args.epochs,
              "resources.workers": args.workers_per_trial,
-             "resources.cpus_per_worker": args.cpus_per_worker}
+             "resources.cpus_per_worker": args.cpus_per_worker,
+             "resources.placement": args.placement}
     if args.gpus_per_trial:
         flags |= {"resources.gpu": True, "resources.gpus_per_worker": args.gpus_per_trial}
-    cfg = build_config(args.method, method.family, sets=args.set, flags={})
+    cfg = build_config(args.method, method.family)
 
     def check_key(key: str, value) -> None:
         method.check_config(override(cfg, key, value))
@@ -104,11 +110,11 @@ def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
     space = load_search_space(args.space or default_space_path(args.method), check_key)
     if space.method != args.method:
         raise ConfigError(f"{space.source}: is for method {space.method!r}, not {args.method!r}")
+    # Precedence: packaged defaults < the space's fixed settings < --set < flags.
     for key, value in space.fixed.items():
         cfg = override(cfg, key, value)
-    for key, value in flags.items():
-        if value is not None:
-            cfg = override(cfg, key, value)
+    cfg = build_config(args.method, method.family, files=[cfg.to_dict()], sets=args.set,
+                       flags=flags)
     method.check_config(cfg)
     return cfg, space
 
@@ -152,7 +158,7 @@ def _connect(cfg: Config) -> None:
 
 
 def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,
-                seed: int, resume: bool):
+                seed: int, resume: bool, max_failures: int = 1):
     """A new or restored ``Tuner`` for the search."""
     import optuna
     from ray import tune
@@ -187,8 +193,9 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
             num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"]),
         run_config=tune.RunConfig(
             name=name, storage_path=store.path, storage_filesystem=store.fs,
-            # A broken trial fails on its own; the rest of the search goes on.
-            failure_config=tune.FailureConfig(max_failures=1)),
+            # A trial that fails is retried from its checkpoint up to max_failures times,
+            # then fails on its own; the rest of the search goes on.
+            failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
 
 
@@ -226,12 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     name = args.name or f"{args.method}-search"
     try:
+        if args.max_failures < 0:
+            raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
         cfg, space = base_config(args)
         opts = settings(args, space)
         from ray_fer.train.loop import resolve_data_uri
 
-        # Materialise the embedded data once, in the driver, not in every trial.
-        cfg = override(cfg, "data.uri", resolve_data_uri(cfg))
+        # Materialise the embedded data once, in the driver, not in every trial (on a
+        # cluster with S3 storage: under the experiments' storage, for every node).
+        cfg = override(cfg, "data.uri",
+                       resolve_data_uri(override(cfg, "run.storage", args.storage)))
         exp = resolve(args.storage.rstrip("/") + "/" + name, cfg.data.endpoint)
         if args.resume:
             # Trials must continue with the settings they started with, not today's flags.
@@ -240,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             write_text(exp, BASE_FILE, cfg.to_yaml())
         _connect(cfg)
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
-                            resume=args.resume)
+                            resume=args.resume, max_failures=args.max_failures)
     except (ConfigError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

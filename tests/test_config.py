@@ -63,15 +63,26 @@ def test_bad_values_raise_errors_naming_the_key(key, value, named):
 
 @pytest.mark.parametrize(("key", "value"), [
     ("train.epochs", "0"), ("loss.label_smoothing", "1.0"), ("data.channels", "2"),
-    ("optim.warmup", "1.5"), ("run.name", "a/b")])
+    ("optim.warmup", "1.5"), ("run.name", "a/b"), ("resources.placement", "SCATTER"),
+    ("resources.custom.node_b", "0"), ("resources.custom.GPU", "1"),
+    ("resources.custom.node_b", "lots")])
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
 
 
+def test_placement_and_custom_resources_are_set_per_worker():
+    cfg = build_config("deep_emotion", "classify",
+                       sets=["resources.placement=STRICT_SPREAD", "resources.custom.node_b=1",
+                             "resources.custom.ssd=0.5"])
+    assert cfg.resources.placement == "STRICT_SPREAD"
+    assert cfg.resources.custom == {"node_b": 1, "ssd": 0.5}
+
+
 def test_config_round_trips_through_yaml():
     cfg = build_config("resnet50", "classify", sets=["augment.scale=0.7,1.3", "data.fold=2",
-                                                     "model.options.dropout=0.2"])
+                                                     "model.options.dropout=0.2",
+                                                     "resources.custom.node_a=1"])
     again = Config.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
 

@@ -216,6 +216,12 @@ class ShardWriter:
                 f"{row.source_file}: image {row.image.shape} {row.image.dtype} does not match "
                 f"the shard shape {self.image_shape} uint8"
             )
+        for name in ("label_name", "subject_id", "split", "dataset", "source_file"):
+            try:
+                getattr(row, name).encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: Arrow would fail on it later
+                raise ValueError(f"{row.source_file!r}: {name} {getattr(row, name)!r} is not "
+                                 "valid UTF-8 text") from None
         self._rows.append(row)
         self.counts.setdefault(row.split, Counter())[row.label_name] += 1
         if len(self._rows) >= self.rows_per_shard:

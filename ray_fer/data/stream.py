@@ -6,7 +6,9 @@ epoch); :func:`apply_data_augmentation` adds CPU-side augmentation when asked; t
 trainer splits datasets across workers with :func:`data_config` (no row dropped); each
 Ray Train worker iterates its shard with :func:`iter_train_batches` /
 :func:`iter_eval_batches`, which hand over uint8 pixels (4x fewer bytes than float),
-pinned and non-blocking, then normalise and augment on the worker's device.
+pinned and non-blocking, then normalise and augment on the worker's device. After the
+first epoch a worker may serve its rows from a :class:`DeviceCache` instead
+(:mod:`ray_fer.data.device_cache`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from ray_fer.data.device_cache import CacheRecorder, DeviceCache
 from ray_fer.data.shard_source import (
     BLOCK_BYTES,
     DECODED_COLUMNS,
@@ -235,13 +238,13 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _tensor_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
-                    device: torch.device, drop_last: bool, shuffle_buffer: int,
+                    device: torch.device, shuffle_buffer: int,
                     shuffle_seed: int | None, prefetch_batches: int
                     ) -> Iterable[dict[str, torch.Tensor]]:
     device = torch.device(device)
     return shard.iter_torch_batches(
         batch_size=batch_size, collate_fn=_TensorCollate(), device=device,
-        pin_memory=device.type == "cuda", drop_last=drop_last,
+        pin_memory=device.type == "cuda", drop_last=False,
         prefetch_batches=prefetch_batches,
         local_shuffle_buffer_size=max(shuffle_buffer, batch_size) if shuffle_buffer else None,
         local_shuffle_seed=shuffle_seed if shuffle_buffer else None,
@@ -255,21 +258,29 @@ def _finish(batch: dict[str, torch.Tensor], images: torch.Tensor, channels_last:
     return batch
 
 
-def iter_train_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
+#: What the iterators read: a worker's Ray Data shard, a Dataset, or its cached rows.
+Source = ray.data.DataIterator | ray.data.Dataset | DeviceCache
+
+
+def iter_train_batches(source: Source, *, batch_size: int,
                        device: torch.device, augment: AugmentConfig, seed: int, epoch: int,
                        channels_last: bool = False, drop_last: bool = False,
                        shuffle_buffer: int = 0, prefetch_batches: int = 4,
-                       rank: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch of training batches from ``shard`` on ``device``.
+                       rank: int | None = None, recorder: CacheRecorder | None = None
+                       ) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch of training batches from ``source`` on ``device``.
 
-    ``shard`` is ``ray.train.get_dataset_shard(name)`` or a Dataset. Yields ``image``
-    float (N, C, H, W) in [-1, 1] (augmented when ``augment.where == "worker"``), and
-    ``label``, ``soft_label``, ``valence``, ``arousal``, ``row`` as they are in the dataset.
-    Batches are collated from Arrow in Ray's prefetch threads, copied to ``device`` from
-    pinned memory without blocking, and normalised there. ``shuffle_buffer`` > 0 mixes
-    rows in a buffer of that many rows. Shuffle and augmentation draw from seeds of
-    (``seed``, ``epoch``, ``rank`` (default: this worker's world rank)), so with a fixed
-    input order the batches are identical run to run.
+    ``source`` is ``ray.train.get_dataset_shard(name)``, a Dataset or a
+    :class:`DeviceCache`. Yields ``image`` float (N, C, H, W) in [-1, 1] (augmented when
+    ``augment.where == "worker"``), and ``label``, ``soft_label``, ``valence``,
+    ``arousal``, ``row`` as they are in the dataset. From Ray Data, batches are collated
+    from Arrow in Ray's prefetch threads, copied to ``device`` from pinned memory without
+    blocking, and normalised there; ``shuffle_buffer`` > 0 mixes rows in a buffer of that
+    many rows, and ``recorder`` keeps every row read (also those of a last partial batch
+    that ``drop_last`` skips) for a cache. From a cache, rows come in a full permutation.
+    Shuffle and augmentation draw from seeds of (``seed``, ``epoch``, ``rank`` (default:
+    this worker's world rank)), so with a fixed input order the batches are identical run
+    to run.
     """
     device = torch.device(device)
     rank = _world_rank() if rank is None else rank
@@ -277,24 +288,36 @@ def iter_train_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch
     generator = torch.Generator(device=device)
     generator.manual_seed(worker_seed)
     on_worker = augment.enabled and augment.where == "worker"
-    for batch in _tensor_batches(shard, batch_size=batch_size, device=device,
-                                 drop_last=drop_last, shuffle_buffer=shuffle_buffer,
-                                 shuffle_seed=worker_seed % 2**32,
-                                 prefetch_batches=prefetch_batches):
+    if isinstance(source, DeviceCache):
+        raw = source.batches(batch_size, drop_last=drop_last, generator=generator)
+    else:
+        raw = _tensor_batches(source, batch_size=batch_size, device=device,
+                              shuffle_buffer=shuffle_buffer, shuffle_seed=worker_seed % 2**32,
+                              prefetch_batches=prefetch_batches)
+        raw = recorder.record(raw) if recorder is not None else raw
+    for batch in raw:
+        if drop_last and len(batch["image"]) < batch_size:
+            continue  # the last partial batch (kept by the recorder, never trained on)
         images = normalise(batch["image"])
         if on_worker:
             images = augment_batch(images, augment, generator)
         yield _finish(batch, images, channels_last)
 
 
-def iter_eval_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
+def iter_eval_batches(source: Source, *, batch_size: int,
                       device: torch.device, channels_last: bool = False,
-                      prefetch_batches: int = 4) -> Iterator[dict[str, torch.Tensor]]:
-    """Evaluation batches from ``shard``: like :func:`iter_train_batches`, no augmentation,
+                      prefetch_batches: int = 4, recorder: CacheRecorder | None = None
+                      ) -> Iterator[dict[str, torch.Tensor]]:
+    """Evaluation batches from ``source``: like :func:`iter_train_batches`, no augmentation,
     no shuffling, every row (no ``drop_last``)."""
-    for batch in _tensor_batches(shard, batch_size=batch_size, device=device, drop_last=False,
-                                 shuffle_buffer=0, shuffle_seed=None,
-                                 prefetch_batches=prefetch_batches):
+    if isinstance(source, DeviceCache):
+        raw = source.batches(batch_size, drop_last=False)
+    else:
+        raw = _tensor_batches(source, batch_size=batch_size, device=device,
+                              shuffle_buffer=0, shuffle_seed=None,
+                              prefetch_batches=prefetch_batches)
+        raw = recorder.record(raw) if recorder is not None else raw
+    for batch in raw:
         yield _finish(batch, normalise(batch["image"]), channels_last)
 
 

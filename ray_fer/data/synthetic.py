@@ -769,3 +769,28 @@ def ensure_default_shards(cache_dir: Path | None = None, *, size: int = 48,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return str(target.resolve())
+
+
+def shared_default_shards(storage: str, *, size: int = 48, channels: int = 1,
+                          endpoint: str | None = None) -> str:
+    """URI of the default synthetic set under ``storage`` (e.g. ``s3://b/searches``),
+    ingesting it there first if needed, so that every node of a cluster can read it.
+
+    The prefix is named after :func:`default_cache_dir`'s parameter hash, so a set made with
+    other generator settings is never mistaken for this one.
+    """
+    from ray_fer.data.shards import ShardError, read_manifest
+    from ray_fer.ingest import ingest
+    from ray_fer.storage import resolve
+
+    uri = storage.rstrip("/") + "/embedded-faces/" + default_cache_dir(size, channels).name
+    try:
+        manifest = read_manifest(resolve(uri, endpoint))
+        if manifest.format == "synthetic" and manifest.image_shape == [size, size, channels]:
+            return uri
+    except ShardError:
+        pass  # absent or withdrawn: (re)build it
+    ingest("synthetic", "default", uri, size=size, channels=channels, endpoint=endpoint,
+           reader_options={"size": size}, progress=False)
+    return uri
+

@@ -43,7 +43,7 @@ class FaceAutoencoder(nn.Module):
         super().__init__()
         if image_size % 2**_STAGES:
             raise ValueError(f"image_size must be a multiple of {2**_STAGES}, got {image_size}")
-        self.image_size, self.latent_dim = image_size, latent_dim
+        self.in_channels, self.image_size, self.latent_dim = in_channels, image_size, latent_dim
         channels = [width * 2**i for i in range(_STAGES)]  # 32, 64, 128, 256
         self.bottom = image_size // 2**_STAGES
         flat = channels[-1] * self.bottom**2
@@ -93,17 +93,19 @@ class AeLoss(NamedTuple):
 
 def ae_loss(model: FaceAutoencoder, img_i: torch.Tensor, img_j: torch.Tensor,
             va_i: torch.Tensor, va_j: torch.Tensor, lambda_v: float = 0.5,
-            lambda_a: float = 0.5) -> AeLoss:
-    """L_AE = lambda_v ||v^_i - v_i||^2 + lambda_a ||a^_i - a_i||^2 + ||D(z_i, v_j, a_j) - I_j||^2
-    for pairs (I_i, I_j) of the same person with different expressions; ``va_*`` are (N, 2)
-    (valence, arousal). Each squared norm is averaged over the batch (and the pixels), so
-    the weights do not depend on the image size."""
+            lambda_a: float = 0.5, recon_weight: float = 1.0) -> AeLoss:
+    """L_AE = lambda_v ||v^_i - v_i||^2 + lambda_a ||a^_i - a_i||^2
+    + recon_weight ||D(z_i, v_j, a_j) - I_j||^2 for pairs (I_i, I_j) of the same person with
+    different expressions (the paper: recon_weight = 1); ``va_*`` are (N, 2) (valence,
+    arousal). Each squared norm is averaged over the batch (and the pixels), so the weights
+    do not depend on the image size."""
     z_i, v_i, a_i = model.encode(img_i)
     rendered = model.decode(z_i, va_j[:, 0], va_j[:, 1])
     loss_v = F.mse_loss(v_i, va_i[:, 0])
     loss_a = F.mse_loss(a_i, va_i[:, 1])
     loss_recon = F.mse_loss(rendered, img_j)
-    return AeLoss(lambda_v * loss_v + lambda_a * loss_a + loss_recon, loss_v, loss_a, loss_recon)
+    total = lambda_v * loss_v + lambda_a * loss_a + recon_weight * loss_recon
+    return AeLoss(total, loss_v, loss_a, loss_recon)
 
 
 class VaRegressor(nn.Module):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
+
+from ray_fer.reports.figures import png_bytes, pyplot
 
 
 def confusion_record(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
@@ -19,11 +20,7 @@ def confusion_record(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
 
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
     """PNG bytes: row-normalised colours (recall per class), raw counts written in cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
@@ -42,8 +39,4 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str
                     color="white" if share[i, j] > 0.5 else "black")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=110)

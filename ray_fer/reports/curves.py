@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
+
+from ray_fer.reports.figures import png_bytes, pyplot
 
 #: Panels drawn first, in this order, when a history has them; other shared metrics follow.
 PREFERRED = ("loss", "accuracy", "macro_f1")
@@ -23,10 +24,7 @@ def curve_metrics(history: Sequence[dict]) -> list[str]:
 
 def plot_curves(history: Sequence[dict], title: str = "") -> bytes:
     """PNG bytes: one panel per metric, train and validation against the epoch number."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     names = curve_metrics(history)
@@ -45,10 +43,4 @@ def plot_curves(history: Sequence[dict], title: str = "") -> bytes:
         ax.set_ylabel(name.replace("_", " "))
         ax.grid(alpha=0.3)
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, title=title, dpi=110)

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 
-from ray_fer.config import Config, ConfigError, build_config, read_yaml
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, read_yaml
 
 #: First-class flags → dotted config keys.
 FLAGS = {
@@ -43,6 +43,7 @@ FLAGS = {
     "augment": "augment.enabled",
     "workers": "resources.workers",
     "gpu": "resources.gpu",
+    "placement": "resources.placement",
     "storage": "run.storage",
     "name": "run.name",
     "resume": "run.resume",
@@ -52,7 +53,8 @@ FLAGS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_fer.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", help="a registered classifier (e.g. deep_emotion, resnet50_icbam)")
+    p.add_argument("method", help="a classifier (deep_emotion, resnet50_icbam, ...), caf, "
+                   "caf_baseline, face_ae or face_ae_regressor")
     p.add_argument("--config", action="append", default=[], metavar="FILE",
                    help="YAML config file(s), applied in order over the packaged defaults")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -76,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_const", const=True, help="one GPU per worker")
+    p.add_argument("--placement", choices=PLACEMENTS,
+                   help="placement of the workers: PACK (default), SPREAD across nodes, "
+                        "STRICT_PACK, STRICT_SPREAD")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile")
     p.add_argument("--storage", help="folder or s3:// prefix holding runs (default runs/)")
     p.add_argument("--name", help="run name (default <method>-<UTC time>)")

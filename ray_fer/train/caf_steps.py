@@ -28,7 +28,7 @@ from ray_fer.models.caf import CafModel
 from ray_fer.models.registry import build_model, model_options
 from ray_fer.storage import resolve
 from ray_fer.train.caf_losses import adversarial_loss, critic_contrastive_loss, va_loss
-from ray_fer.train.metrics import va_metrics_from_sums, va_sums
+from ray_fer.train.metrics import va_histogram, va_metrics_from_sums, va_sums
 from ray_fer.train.steps import DataInfo, Method, Sums, TrainState
 
 Stats = dict[str, torch.Tensor]
@@ -270,7 +270,8 @@ def _eval(state: TrainState, batch: dict) -> Sums:
     pred = state.modules["model"](batch["image"]).float()[labelled]
     target = target[labelled]
     sums = {f"va_{k}": v for k, v in va_sums(pred, target).items()}
-    return sums | {"loss_sum": ((pred - target) ** 2).sum(), "count": labelled.sum().float()}
+    return sums | {"loss_sum": ((pred - target) ** 2).sum(), "count": labelled.sum().float(),
+                   "agreement": va_histogram(pred, target)}
 
 
 def _summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
@@ -282,6 +283,15 @@ def _summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
         va = va_metrics_from_sums({k[3:]: v for k, v in sums.items() if k.startswith("va_")})
         out |= {f"{prefix}_{k}": v for k, v in va.items()}
     return out
+
+
+def _figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
+    from ray_fer.reports.va_agreement import plot_va_agreement
+
+    if "agreement" not in sums:
+        return {}
+    return {"va_agreement": plot_va_agreement(sums["agreement"].cpu().numpy(),
+                                              title="validation, best epoch")}
 
 
 def _check(cfg: Config) -> None:
@@ -302,4 +312,4 @@ def _check(cfg: Config) -> None:
 #: CAF and its no-critic baseline (``model.name: caf_baseline``) on the one training loop.
 CAF = Method(family="caf", metric="val_mean_ccc", mode="max", build_modules=_modules,
              build_optimizers=_optimizers, train_batch=_train, eval_batch=_eval,
-             summarize=_summarize, check_config=_check)
+             summarize=_summarize, check_config=_check, figures=_figures)

@@ -32,8 +32,12 @@ the run resumes at, so a resumed run on one CPU worker reproduces an uninterrupt
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import logging
+import math
+import os
 import random
 import shutil
 import tempfile
@@ -50,6 +54,7 @@ from torch import nn
 
 from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
+from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
 from ray_fer.data.shards import read_manifest
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
@@ -89,6 +94,9 @@ class Plan:
     train_rows: int
     steps_per_epoch: int
     start_epoch: int
+    #: Wall-clock time (``time.time()``) the driver planned the run: the start of the
+    #: fixed overhead reported as ``time_startup_s`` (planning → first training step).
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,14 +117,20 @@ def resolve_data_uri(cfg: Config) -> str:
     """The configured shard prefix, or the embedded synthetic set in the run's channels.
 
     The synthetic faces are drawn at most 64 px (larger inputs are upsampled on the worker),
-    so a quick start with a 224 px model does not first draw thousands of large faces.
+    so a quick start with a 224 px model does not first draw thousands of large faces. On a
+    cluster (``RAY_ADDRESS`` set) with S3 run storage, the set is written under the storage
+    rather than into this node's cache, where other nodes' workers could not read it.
     """
     if cfg.data.uri:
         return cfg.data.uri
-    from ray_fer.data.synthetic import ensure_default_shards
+    from ray_fer.data.synthetic import ensure_default_shards, shared_default_shards
 
     size, channels = data_shape(cfg)
-    return ensure_default_shards(size=min(size, SYNTHETIC_MAX_SIZE), channels=channels)
+    size = min(size, SYNTHETIC_MAX_SIZE)
+    if os.environ.get("RAY_ADDRESS") and resolve(cfg.run.storage, cfg.data.endpoint).is_s3:
+        return shared_default_shards(cfg.run.storage, size=size, channels=channels,
+                                     endpoint=cfg.data.endpoint)
+    return ensure_default_shards(size=size, channels=channels)
 
 
 def run_location(cfg: Config) -> Location:
@@ -181,7 +195,7 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
                 run_uri=run.uri,
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
-                start_epoch=0 if done is None else done + 1)
+                start_epoch=0 if done is None else done + 1, created_at=time.time())
     return method, plan
 
 
@@ -195,11 +209,13 @@ def _fold_rows(manifest, fold: int, where: str) -> int:
     return int(per_fold[fold])
 
 
-def _datasets(cfg: Config, plan: Plan) -> dict:
+def _datasets(cfg: Config, plan: Plan, method: Method) -> dict:
     fold = cfg.data.fold
     train, _ = stream.open_split(plan.data_uri, splits=cfg.data.train_splits,
                                  exclude_folds=None if fold is None else [fold],
                                  endpoint=cfg.data.endpoint, shuffle_seed=cfg.train.seed)
+    if method.resample_train is not None:
+        train = method.resample_train(Config.from_dict(plan.config), train)
     if fold is None:
         val, _ = stream.open_split(plan.data_uri, splits=[cfg.data.val_split],
                                    endpoint=cfg.data.endpoint)
@@ -222,15 +238,16 @@ def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    datasets = _datasets(cfg, plan)
+    datasets = _datasets(cfg, plan, method)
     run = resolve(plan.run_uri, cfg.data.endpoint)
     storage = resolve(cfg.run.storage, cfg.data.endpoint)
     res = cfg.resources
-    worker = {"CPU": res.cpus_per_worker}
+    worker = {"CPU": res.cpus_per_worker} | res.custom
     if res.gpu:
         worker["GPU"] = res.gpus_per_worker
     scaling = ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpu,
-                                      resources_per_worker=worker)
+                                      resources_per_worker=worker,
+                                      placement_strategy=res.placement)
     run_config = ray.train.RunConfig(
         name=cfg.run.name,
         storage_path=storage.path,
@@ -295,7 +312,10 @@ def train(cfg: Config) -> RunOutcome:
     if not ray.is_initialized():
         ray.init(runtime_env=ray_runtime_env() or None)
     trainer = build_trainer(cfg, method, plan)
-    return finish_run(cfg, trainer.fit())
+    outcome = finish_run(cfg, trainer.fit())
+    if method.after_run is not None:
+        method.after_run(Config.from_dict(plan.config), outcome)
+    return outcome
 
 
 def cross_validate(cfg: Config) -> dict:
@@ -339,7 +359,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _wrap(module: nn.Module, cfg: Config, device: torch.device, world: int) -> nn.Module:
+def wrap_module(module: nn.Module, cfg: Config, device: torch.device, world: int) -> nn.Module:
+    """``module`` as it trains: in DDP across ``world`` > 1 workers, compiled if configured."""
     trainable = any(p.requires_grad for p in module.parameters())
     if world > 1 and trainable:
         module = nn.parallel.DistributedDataParallel(
@@ -351,12 +372,18 @@ def _wrap(module: nn.Module, cfg: Config, device: torch.device, world: int) -> n
     return module
 
 
-def _all_have(has_batch: bool, group) -> bool:
+def _all_min(value: int, group) -> int:
+    """The smallest of the workers' ``value``."""
     if group is None:
-        return has_batch
-    flag = torch.tensor([1 if has_batch else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
-    return bool(flag.item())
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=group)
+    return int(t.item())
+
+
+def _all_have(has: bool, group) -> bool:
+    """Whether every worker ``has``."""
+    return bool(_all_min(int(has), group))
 
 
 def _accumulate(total: Sums, part: Sums) -> None:
@@ -394,41 +421,61 @@ def _batches(it: Iterator[dict], info: DataInfo, channels_last: bool) -> Iterato
         yield fit_batch(batch, info, channels_last)
 
 
-def _train_epoch(method: Method, state: TrainState, shard, group, rank: int,
-                 channels_last: bool) -> tuple[Sums, int]:
+def _train_epoch(method: Method, state: TrainState, source: stream.Source, group, rank: int,
+                 channels_last: bool, recorder: CacheRecorder | None = None
+                 ) -> tuple[Sums, int, float]:
+    """Sums and steps of one epoch, and the wall-clock time its first step was launched."""
     cfg = state.cfg
     for module in state.modules.values():
         module.train()
     batches = _batches(stream.iter_train_batches(
-        shard, batch_size=cfg.train.batch_size, device=state.device, augment=cfg.augment,
+        source, batch_size=cfg.train.batch_size, device=state.device, augment=cfg.augment,
         seed=cfg.train.seed, epoch=state.epoch, channels_last=channels_last, drop_last=True,
-        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank), state.info, channels_last)
+        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank, recorder=recorder),
+        state.info, channels_last)
     sums: Sums = {}
+    first_step_at = math.nan
+    if isinstance(source, DeviceCache):
+        # Each worker knows its batch count: agree on the smallest once, not every step.
+        steps = _all_min(source.num_batches(cfg.train.batch_size, drop_last=True), group)
+        for step, batch in enumerate(itertools.islice(batches, steps)):
+            first_step_at = time.time() if step == 0 else first_step_at
+            _accumulate(sums, method.train_batch(state, batch))
+        return sums, steps, first_step_at
     steps = 0
     while True:
         batch = next(batches, None)
         if not _all_have(batch is not None, group):
             break
+        first_step_at = time.time() if steps == 0 else first_step_at
         _accumulate(sums, method.train_batch(state, batch))
         steps += 1
     # Drain what this worker has left so Ray Data completes the epoch's execution (its
     # execution index, hence the next epoch's block order, advances only then).
     for _ in batches:
         pass
-    return sums, steps
+    return sums, steps, first_step_at
 
 
 @torch.no_grad()
-def evaluate_shard(method: Method, state: TrainState, shard, batch_size: int | None = None,
-                   channels_last: bool = False) -> Sums:
-    """The method's summed eval statistics over every row of ``shard`` (no collectives)."""
+def evaluate_shard(method: Method, state: TrainState, shard: stream.Source,
+                   batch_size: int | None = None, channels_last: bool = False,
+                   recorder: CacheRecorder | None = None,
+                   sample: list[torch.Tensor] | None = None) -> Sums:
+    """The method's summed eval statistics over every row of ``shard`` (no collectives).
+
+    An empty ``sample`` list receives the first batch's input images (for explanations).
+    """
     for module in state.modules.values():
         module.eval()
     sums: Sums = {}
     batches = stream.iter_eval_batches(shard,
                                        batch_size=batch_size or state.cfg.train.eval_batch_size,
-                                       device=state.device, channels_last=channels_last)
+                                       device=state.device, channels_last=channels_last,
+                                       recorder=recorder)
     for batch in _batches(batches, state.info, channels_last):
+        if sample is not None and not sample:
+            sample.append(batch["image"].detach().clone())
         _accumulate(sums, method.eval_batch(state, batch))
     return sums
 
@@ -461,10 +508,27 @@ class _Scalars:
             copy_folder(pafs.LocalFileSystem(), self.tmp, self.run.fs,
                         self.run.join(TENSORBOARD_DIR))
 
+    def images(self, pngs: dict[str, bytes], epoch: int) -> None:
+        """PNG figures under ``best/<name>`` (copied up with the next :meth:`write`)."""
+        from PIL import Image
+
+        for name, png in pngs.items():
+            image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+            self.writer.add_image(f"best/{name}", image, epoch + 1, dataformats="HWC")
+
     def close(self) -> None:
         self.writer.close()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _explain(scalars: _Scalars, state: TrainState, images: torch.Tensor, epoch: int) -> None:
+    """Grad-CAM and Guided Grad-CAM of ``images`` into TensorBoard (``best/explain``)."""
+    from ray_fer.explain.run import explain_to_tensorboard
+
+    explain_to_tensorboard(scalars.writer, state.modules["model"], images, epoch + 1,
+                           model_name=state.cfg.model_name,
+                           class_names=state.info.class_names, tag="best/explain")
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -488,6 +552,18 @@ def _report(metrics: dict, state: TrainState, method: Method, progress: Progress
                         mode=method.mode)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=name)
+
+
+def _adopt_caches(sources: dict[str, stream.Source], recorders: dict[str, CacheRecorder],
+                  group, rank: int) -> None:
+    """Serve a split from the device caches of its first pass if every worker filled one."""
+    for name in sorted(recorders):
+        cache = recorders[name].cache()
+        if _all_have(cache is not None, group):
+            sources[name] = cache
+            if rank == 0:
+                log.info("%s rows now served from device memory: %d rows, %.1f MB on rank 0",
+                         name, cache.size, cache.nbytes / 2**20)
 
 
 def build_state(method: Method, cfg: Config, info: DataInfo, device: torch.device,
@@ -539,23 +615,37 @@ def run_worker(plan: Plan, method: Method) -> None:
             log.warning("resuming at epoch %d but the driver planned %d: the data order of "
                         "the remaining epochs differs from an uninterrupted run",
                         progress.next_epoch, plan.start_epoch)
-    state.train_modules = {k: _wrap(m, cfg, device, world) for k, m in state.modules.items()}
+    state.train_modules = {k: wrap_module(m, cfg, device, world) for k, m in state.modules.items()}
     # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
     group = dist.new_group(backend="gloo") if world > 1 else None
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    sources: dict[str, stream.Source] = {name: ray.train.get_dataset_shard(name)
+                                         for name in ("train", "val")}
+    budget = cache_budget(cfg.data.cache, device, cfg.data.cache_fraction)
+    # Rows augmented by Ray Data must be read anew each epoch to get new augmentations.
+    cacheable = ["val"] if cfg.augment.enabled and cfg.augment.where == "data" else [
+        "train", "val"]
     scalars = _Scalars(plan.run_uri, cfg.data.endpoint) if rank == 0 else None
+    first_epoch = progress.next_epoch
+    # Rank 0 keeps a few validation faces to explain at each new best epoch.
+    explainable = rank == 0 and cfg.train.explain_images > 0 and method.family in (
+        "classify", "caf")
+    sample: list[torch.Tensor] | None = [] if explainable else None
     try:
-        for epoch in range(progress.next_epoch, cfg.train.epochs):
+        for epoch in range(first_epoch, cfg.train.epochs):
             state.epoch = epoch
             seed_everything(stream.epoch_seed(cfg.train.seed, epoch, rank))
+            recorders = {name: CacheRecorder(budget) for name in cacheable
+                         if budget and not isinstance(sources[name], DeviceCache)}
             started = time.perf_counter()
-            train_sums, steps = _train_epoch(method, state, train_shard, group, rank,
-                                             channels_last)
+            train_sums, steps, first_step_at = _train_epoch(
+                method, state, sources["train"], group, rank, channels_last,
+                recorders.get("train"))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # time the work, not the kernel launches
             train_time = time.perf_counter() - started
-            val_sums = evaluate_shard(method, state, val_shard, channels_last=channels_last)
+            val_sums = evaluate_shard(method, state, sources["val"], channels_last=channels_last,
+                                      recorder=recorders.get("val"), sample=sample)
+            _adopt_caches(sources, recorders, group, rank)
             train_sums = _all_reduce(train_sums, group)
             val_sums = _all_reduce(val_sums, group)
             metrics = {"epoch": epoch,
@@ -565,15 +655,24 @@ def run_worker(plan: Plan, method: Method) -> None:
                        "rows_train": int(train_sums.get("count", 0)),
                        "rows_val": int(val_sums.get("count", 0)),
                        "time_train_s": train_time, "time_epoch_s": time.perf_counter() - started}
+            if epoch == first_epoch and plan.created_at:
+                # Fixed cost of a run (or a Tune trial): actors, process group, data
+                # pipeline, model build, first batch. Reported once per (re)start.
+                metrics["time_startup_s"] = first_step_at - plan.created_at
             value = metrics[method.metric]
-            if _improved(value, progress.best_value, method.mode):
+            improved = _improved(value, progress.best_value, method.mode)
+            if improved:
                 progress.best_value, progress.best_epoch = value, epoch
             metrics["best_epoch"] = progress.best_epoch
             metrics[f"best_{method.metric}"] = progress.best_value
             progress.next_epoch = epoch + 1
             progress.history.append(metrics)
             _report(metrics, state, method, progress, rank)
-            if scalars is not None:
+            if scalars is not None and improved:
+                if method.figures is not None:
+                    scalars.images(method.figures(val_sums, info), epoch)
+                if sample:
+                    _explain(scalars, state, sample[0][:cfg.train.explain_images], epoch)
                 scalars.write(metrics, epoch)
     finally:
         if scalars is not None:

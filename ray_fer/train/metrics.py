@@ -20,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 
 VA_NAMES = ("valence", "arousal")
 VA_SUM_KEYS = (
@@ -94,6 +95,20 @@ def va_sums(pred: Any, target: Any) -> dict[str, Any]:
         "sum_sq_error": ((pred - target) ** 2).sum(0),
         "sign_agree": same_sign.sum(0),
     }
+
+
+#: Bins per axis of :func:`va_histogram` over [-1, 1].
+VA_BINS = 20
+
+
+def va_histogram(pred: torch.Tensor, target: torch.Tensor, bins: int = VA_BINS) -> torch.Tensor:
+    """(D, bins, bins) counts of (target, prediction) pairs per dimension over [-1, 1]
+    (values outside are clipped to the edge bins): summable over batches and workers, so
+    the best epoch's agreement plot covers every validation row."""
+    index = ((torch.stack([target, pred]).clamp(-1, 1) + 1) / 2 * bins).long().clamp(0, bins - 1)
+    flat = index[0] * bins + index[1] + torch.arange(pred.shape[1], device=pred.device) * bins**2
+    counts = torch.bincount(flat.reshape(-1), minlength=pred.shape[1] * bins**2)
+    return counts.reshape(pred.shape[1], bins, bins).float()
 
 
 def _numpy(x: Any) -> np.ndarray:

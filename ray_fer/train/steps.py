@@ -12,7 +12,9 @@ without touching the loop:
 - ``summarize(sums, prefix)`` → epoch metrics from sums that the loop has all-reduced over
   workers, so every metric covers each row exactly once;
 - ``metric``/``mode``: the validation metric that picks the best checkpoint and that Tune
-  optimises.
+  optimises;
+- ``figures(sums, info)`` (optional) → named PNGs from the all-reduced validation sums,
+  written to TensorBoard at each new best epoch (the confusion matrix, V/A agreement).
 
 Every metric must follow from summed sufficient statistics (counts, confusion matrices,
 Σx, Σxy ...): that is what makes the all-reduce exact. Sums include ``count``, the rows
@@ -25,7 +27,7 @@ import contextlib
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +99,14 @@ class Method:
     summarize: Callable[[Sums, str, DataInfo], dict[str, float]]
     #: Checks ``cfg.options`` and ``cfg.model``; raises ConfigError naming the key.
     check_config: Callable[[Config], None]
+    #: Named PNG bytes from validation sums, logged at each new best epoch.
+    figures: Callable[[Sums, DataInfo], dict[str, bytes]] | None = None
+    #: The training rows as streamed, from the opened training Dataset (e.g. under- or
+    #: over-sampled); None = every training row once per epoch.
+    resample_train: Callable[[Config, Any], Any] | None = None
+    #: Driver side, after a run has finished (gets the config and the loop's RunOutcome),
+    #: e.g. to write a figure from the best checkpoint into the run folder.
+    after_run: Callable[[Config, Any], None] | None = None
 
 
 # ---------------------------------------------------------------- shared building blocks
@@ -279,6 +289,15 @@ def _classify_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, fl
     return out
 
 
+def _classify_figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
+    from ray_fer.reports.confusion import plot_confusion
+
+    if "confusion" not in sums:
+        return {}
+    return {"confusion": plot_confusion(sums["confusion"].cpu().numpy(), info.class_names,
+                                        title="validation, best epoch")}
+
+
 def _classify_check(cfg: Config) -> None:
     if cfg.options:
         raise ConfigError(
@@ -304,6 +323,7 @@ CLASSIFY = Method(
     eval_batch=_classify_eval,
     summarize=_classify_summarize,
     check_config=_classify_check,
+    figures=_classify_figures,
 )
 
 
@@ -316,7 +336,12 @@ def method_for(name: str) -> Method:
         from ray_fer.train.caf_steps import CAF
 
         return CAF
-    known = ", ".join([*model_names("classify"), "caf", "caf_baseline"])
+    if name in model_names("va") and model_defaults(name).family == "face_ae":
+        from ray_fer.train.face_ae_method import FACE_AE, FACE_AE_REGRESSOR
+
+        return FACE_AE if name == "face_ae" else FACE_AE_REGRESSOR
+    known = ", ".join([*model_names("classify"), "caf", "caf_baseline", "face_ae",
+                       "face_ae_regressor"])
     raise ConfigError(f"unknown method {name!r}; choose one of: {known}")
 
 

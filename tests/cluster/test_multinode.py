@@ -1,8 +1,8 @@
 """A real two-node Ray cluster on loopback: training and a submitted search span both nodes.
 
 The head (custom resource ``node_a``) and a second node (``node_b``) run from their own
-temp dirs with 8 logical CPUs each. A Train worker takes 5 CPUs, so two workers (or two
-concurrent trials) cannot share a node: the placement has to use both, and each node keeps
+temp dirs with 8 logical CPUs each. A search's Train worker takes 5 CPUs, so two concurrent
+trials cannot share a node: the placement has to use both, and each node keeps
 CPUs free for Ray Data's read tasks (1 CPU each) beside a worker and two trial drivers
 (Ray Data's tasks must not take the CPUs a second trial's worker needs). Shards
 and results live in the SeaweedFS S3 server; the nodes get its credentials in their
@@ -97,24 +97,38 @@ def _nodes_used_since(head: RayNode, before: dict[str, str]) -> set[str]:
     return {node for actor, node in _train_workers(head).items() if actor not in before}
 
 
-def test_two_worker_training_spans_both_nodes_and_checkpoints_to_s3(cluster, faces, s3_server):
-    head, node_b = cluster
-    storage = s3_server.new_bucket("runs")
-    before = _train_workers(head)
+def _train(head: RayNode, s3_server, faces: str, storage: str, name: str, *flags: str) -> dict:
+    """Run ``python -m ray_fer.train deep_emotion`` (1 epoch) on the cluster; its outcome."""
     cmd = [sys.executable, "-m", "ray_fer.train", "deep_emotion", "--data", faces,
-           "--storage", storage, "--name", "two-nodes", "--epochs", "1", "--workers", "2",
-           "--batch-size", "16", "--augment", "off",
-           "--set", f"resources.cpus_per_worker={CPUS_PER_WORKER}"]
+           "--storage", storage, "--name", name, "--epochs", "1", "--batch-size", "16",
+           "--augment", "off", *flags]
     done = subprocess.run(cmd, env=_driver_env(head, s3_server), cwd=REPO, timeout=420,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    outcome = json.loads(done.stdout[done.stdout.index("{"):])
+    return json.loads(done.stdout[done.stdout.index("{"):])
+
+
+def test_two_worker_training_spans_both_nodes_and_checkpoints_to_s3(cluster, faces, s3_server):
+    """STRICT_SPREAD places the workers on two nodes although both would fit on one."""
+    head, node_b = cluster
+    storage = s3_server.new_bucket("runs")
+    before = _train_workers(head)
+    outcome = _train(head, s3_server, faces, storage, "two-nodes", "--workers", "2",
+                     "--placement", "STRICT_SPREAD")
 
     assert _nodes_used_since(head, before) == {head.node_id, node_b.node_id}
     keys = _keys(s3_server, f"{storage}/two-nodes/")
     assert any("/checkpoint_epoch-0000/" in k for k in keys), keys
     assert {"two-nodes/config.yaml", "two-nodes/history.json"} <= set(keys)
     assert outcome["latest_checkpoint"].startswith(storage + "/two-nodes/checkpoint_epoch-")
+
+
+def test_a_custom_resource_pins_the_workers_to_the_node_that_has_it(cluster, faces, s3_server):
+    head, node_b = cluster
+    before = _train_workers(head)
+    _train(head, s3_server, faces, s3_server.new_bucket("runs"), "pinned", "--workers", "2",
+           "--set", "resources.custom.node_b=0.5")
+    assert _nodes_used_since(head, before) == {node_b.node_id}
 
 
 def _submit(head: RayNode, s3_server, entrypoint: list[str], timeout: float = 600) -> str:
@@ -146,30 +160,31 @@ def _wait_job(head: RayNode, job_id: str, timeout: float) -> str:
     return "TIMEOUT"
 
 
-TUNE_METHOD = "deep_emotion"  # the lead switches this to caf once CAF runs in the loop
-
-
-def _tune_entrypoint(faces: str, storage: str, name: str, epochs: int) -> list[str]:
-    return ["python", "-m", "ray_fer.tune", TUNE_METHOD, "--data", faces, "--storage", storage,
+def _tune_caf(storage: str, name: str, epochs: int, *data: str) -> list[str]:
+    """The user's main job, ``python -m ray_fer.tune caf``, sized for two small nodes."""
+    return ["python", "-m", "ray_fer.tune", "caf", *data, "--storage", storage,
             "--name", name, "--num-samples", "2", "--max-concurrent", "2", "--epochs",
             str(epochs), "--grace-period", str(epochs), "--workers-per-trial", "1",
             "--cpus-per-worker", str(CPUS_PER_WORKER), "--set", "augment.enabled=false"]
 
 
-def test_submitted_search_succeeds_over_both_nodes_with_results_in_s3(cluster, faces,
-                                                                        s3_server):
+def test_submitted_caf_search_succeeds_over_both_nodes_with_results_in_s3(cluster, s3_server):
+    """No --data: the embedded faces are written under the S3 storage for every node."""
     head, node_b = cluster
     storage = s3_server.new_bucket("searches")
     before = _train_workers(head)
-    job = _submit(head, s3_server, _tune_entrypoint(faces, storage, "spread", epochs=1))
+    job = _submit(head, s3_server, _tune_caf(storage, "spread", 1))
     final = _wait_job(head, job, timeout=600)
     logs = _logs(head, job)
     assert final == "SUCCEEDED", logs[-5000:]
 
     assert _nodes_used_since(head, before) == {head.node_id, node_b.node_id}
-    keys = _keys(s3_server, f"{storage}/spread/")
+    keys = _keys(s3_server, f"{storage}/")
+    assert any(k.startswith("embedded-faces/synthetic-v1-") and k.endswith("manifest.json")
+               for k in keys), keys
     assert {"spread/results.csv", "spread/results.md", "spread/best_config.yaml"} <= set(keys)
-    events = {k.rsplit("/", 1)[0] for k in keys if "tfevents" in k.rsplit("/", 1)[-1]}
+    events = {k.rsplit("/", 1)[0] for k in keys
+              if k.startswith("spread/") and "tfevents" in k.rsplit("/", 1)[-1]}
     assert len(events) >= 2, keys
 
 
@@ -200,7 +215,7 @@ def test_search_survives_losing_a_node(cluster, faces, s3_server):
     """Kill node b's raylet under a checkpointed trial: the trial resumes on the head."""
     head, node_b = cluster
     storage = s3_server.new_bucket("failover")
-    job = _submit(head, s3_server, _tune_entrypoint(faces, storage, "failover", epochs=10))
+    job = _submit(head, s3_server, _tune_caf(storage, "failover", 10, "--data", faces))
     deadline = time.monotonic() + 420
     train_uri = f"{storage}/failover/train"
     while (trial := _checkpointed_trial_on(head, node_b, _logs(head, job), s3_server,

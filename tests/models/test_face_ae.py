@@ -30,6 +30,7 @@ def test_paper_sized_autoencoder_shapes_and_ranges():
         z, v, a = ae.encode(x)
         out = ae.decode(z, v, a)
     assert z.shape == (2, 32) and v.shape == a.shape == (2,)
+    assert (ae.in_channels, ae.image_size) == (3, 64)
     assert v.abs().max() < 1 and a.abs().max() < 1
     assert out.shape == (2, 3, 64, 64) and out.min() >= 0 and out.max() <= 1
     assert torch.equal(out, ae(x))
@@ -54,6 +55,11 @@ def test_ae_loss_weights_va_errors_of_i_and_reconstructs_j_from_i_appearance():
     assert loss.reconstruction.item() == pytest.approx(recon.item())
     assert loss.total.item() == pytest.approx(
         0.25 * loss.valence.item() + 2.0 * loss.arousal.item() + recon.item())
+    with torch.no_grad():
+        weighted = ae_loss(ae, img_i, img_j, va_i, va_j, lambda_v=0.25, lambda_a=2.0,
+                           recon_weight=3.0)
+    assert weighted.total.item() == pytest.approx(
+        0.25 * loss.valence.item() + 2.0 * loss.arousal.item() + 3.0 * recon.item())
 
 
 def synthetic_pairs(size: int) -> dict[str, torch.Tensor]:
@@ -73,7 +79,7 @@ def test_short_training_reconstructs_a_same_person_pair_better_than_at_init():
     torch.manual_seed(0)
     batch = synthetic_pairs(size=32)
     ae = FaceAutoencoder(3, 32, width=8)
-    config = FaceAeConfig(lr=1e-3)
+    config = FaceAeConfig()
 
     def pair_reconstruction() -> float:
         ae.eval()
@@ -83,7 +89,7 @@ def test_short_training_reconstructs_a_same_person_pair_better_than_at_init():
         return loss.reconstruction.item()
 
     at_init = pair_reconstruction()
-    optimizer = torch.optim.Adam(ae.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(ae.parameters(), lr=1e-3)
     for _ in range(100):
         ae_step(ae, optimizer, batch, config)
     assert pair_reconstruction() < 0.3 * at_init

@@ -153,6 +153,14 @@ def _ready(server: SeaweedFS) -> bool:
     return True
 
 
+def _server_env(directory: Path) -> dict[str, str]:
+    # weed turns AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY into an identity of its own,
+    # which would shadow the one in s3.json (while another server's keys are exported,
+    # every request then fails its signature check).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    return env | {"TMPDIR": str(directory)}
+
+
 def _launch(directory: Path, timeout: float) -> SeaweedFS:
     data = directory / "data"
     data.mkdir(parents=True)
@@ -178,7 +186,7 @@ def _launch(directory: Path, timeout: float) -> SeaweedFS:
     with (directory / "weed.log").open("wb") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=os.environ | {"TMPDIR": str(directory)}, preexec_fn=_die_with_parent,
+            env=_server_env(directory), preexec_fn=_die_with_parent,
         )
     s3_port = ports[_PORT_FLAGS.index("s3.port")]
     server = SeaweedFS(endpoint=f"http://127.0.0.1:{s3_port}", access_key=ACCESS_KEY,

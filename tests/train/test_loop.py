@@ -19,7 +19,7 @@ from ray_fer.train.steps import CLASSIFY
 pytestmark = pytest.mark.slow
 
 #: Metrics that measure time, not learning: excluded from equality checks.
-TIMING = ("time_train_s", "time_epoch_s")
+TIMING = ("time_train_s", "time_epoch_s", "time_startup_s")
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +99,23 @@ def test_run_folder_holds_checkpoints_curves_and_scalars(full_run):
     best = json.loads((Path(full_run.best_checkpoint) / "meta.json").read_text())
     assert best["epoch"] == full_run.metrics["best_epoch"]
     assert best["metrics"]["val_accuracy"] == full_run.metrics["best_val_accuracy"]
-    events = EventAccumulator(str(run / "tensorboard"))
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     accuracy = events.Scalars("accuracy/val")
     assert [e.step for e in accuracy] == [1, 2, 3, 4]
     assert accuracy[-1].value == pytest.approx(full_run.metrics["val_accuracy"])
+    # The confusion matrix is drawn at every new best epoch, the last at the best one.
+    figures = events.Images("best/confusion")
+    improved = [i for i, v in enumerate(accuracy)
+                if all(v.value >= w.value for w in accuracy[:i])]
+    assert [e.step for e in figures] == [i + 1 for i in improved]
+    assert figures[-1].step == full_run.metrics["best_epoch"] + 1
+    assert figures[-1].encoded_image_string[:4] == b"\x89PNG"
+    # So are Grad-CAM / Guided Grad-CAM maps of a few validation faces.
+    assert [e.step for e in events.Images("best/explain")] == [e.step for e in figures]
+    # The fixed cost of the run (planning → first step) is reported with the first epoch.
+    startup = [m.get("time_startup_s") for m in full_run.history]
+    assert startup[0] > 0 and startup[1:] == [None] * 3
 
 
 def test_existing_run_is_refused_without_resume(full_run, shards, storage):
@@ -129,17 +141,22 @@ def _recording_worker(loop_config: dict) -> None:
 
 def test_two_cpu_workers_train_on_disjoint_rows_of_the_other_folds(local_ray, shards,
                                                                    tmp_path):
+    """Epoch 0 streams from Ray Data and fills each worker's device cache (data.cache=on);
+    epoch 1 reshuffles each worker's own cached rows."""
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(__import__(__name__))
     (tmp_path / ROWS_DIR).mkdir()
-    cfg = config(shards, tmp_path, "ddp", epochs=1, **{"resources.workers": 2,
-                                                        "data.fold": 1})
+    cfg = config(shards, tmp_path, "ddp", epochs=2, **{"resources.workers": 2,
+                                                        "data.fold": 1, "data.cache": "on"})
     method, plan = loop.plan_run(cfg)
     result = loop.build_trainer(cfg, method, plan, worker_fn=_recording_worker).fit()
     assert result.error is None
-    seen = [np.loadtxt(tmp_path / ROWS_DIR / f"rank{r}-epoch0-rows.txt", dtype=np.int64)
-            for r in (0, 1)]
+    seen, cached = [[np.loadtxt(tmp_path / ROWS_DIR / f"rank{r}-epoch{e}-rows.txt",
+                                dtype=np.int64) for r in (0, 1)] for e in (0, 1)]
+    assert [len(c) for c in cached] == [len(s) for s in seen]
+    assert not set(cached[0]) & set(seen[1]) and not set(cached[1]) & set(seen[0])
+    assert len(set(cached[0])) == len(cached[0]) and list(cached[0]) != list(seen[0])
     assert len(seen[0]) == len(seen[1]) == result.metrics["steps"] * 32
     assert not set(seen[0]) & set(seen[1])
     assert len(set(seen[0]) | set(seen[1])) == len(seen[0]) + len(seen[1])

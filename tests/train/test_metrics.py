@@ -90,3 +90,14 @@ def test_classification_metrics_match_hand_computed_values():
 def test_confusion_matrix_rejects_out_of_range_labels():
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\)"):
         M.confusion_matrix([0, 2], [0, 1], num_classes=2)
+
+
+def test_va_histogram_counts_every_row_once_on_the_diagonal_when_exact():
+    target = torch.tensor([[-1.0, 0.0], [0.5, 0.99], [1.0, -0.2], [2.0, -3.0]])
+    hist = M.va_histogram(target, target, bins=4)
+    assert hist.shape == (2, 4, 4) and hist.sum(dim=(1, 2)).tolist() == [4.0, 4.0]
+    assert torch.equal(hist, torch.diag_embed(hist.diagonal(dim1=1, dim2=2)))
+    # Halves add up: the statistic is summable over batches and workers.
+    assert torch.equal(M.va_histogram(target[:2], target[:2] * 0, bins=4)
+                       + M.va_histogram(target[2:], target[2:] * 0, bins=4),
+                       M.va_histogram(target, target * 0, bins=4))

@@ -128,6 +128,34 @@ def test_caf_search_on_the_embedded_faces_reports_ccc(tmp_path):
     rows = _rows(tmp_path / "caf")
     assert len(rows) == 2
     assert all(-1.0 <= float(r["val_mean_ccc"]) <= 1.0 for r in rows)
+    # Each trial's run shows its best epoch's V/A agreement (target vs prediction) image.
+    for folder in (tmp_path / "caf" / "train").glob("*/tensorboard"):
+        events = EventAccumulator(str(folder), size_guidance={"images": 0})
+        events.Reload()
+        assert events.Images("best/va_agreement")[-1].encoded_image_string[:4] == b"\x89PNG"
+    assert len(list((tmp_path / "caf" / "train").glob("*/tensorboard"))) == 2
+
+
+def test_face_ae_search_ranks_trials_by_pair_error_and_flags_override_fixed_settings(
+        tmp_path):
+    from ray_fer.ingest import ingest
+
+    data = str(tmp_path / "faces")
+    ingest("synthetic", "default", data, size=64, channels=3, folds=1, workers=1,
+           progress=False, reader_options={"subjects": 6, "images_per_subject": 21,
+                                           "size": 64})
+    try:
+        # --set beats the space's fixed batch size (64 would not fit the 84 train rows).
+        assert main(["face_ae", "--data", data, "--storage", str(tmp_path), "--name", "ae",
+                     "--num-samples", "2", "--max-concurrent", "2", "--epochs", "1",
+                     "--set", "train.batch_size=16", "--set", "model.options.width=8"]) == 0
+    finally:
+        ray.shutdown()
+    rows = _rows(tmp_path / "ae")
+    assert len(rows) == 2 and all(float(r["val_pair_mse"]) > 0 for r in rows)
+    assert (tmp_path / "ae" / "best_checkpoint").is_dir()
+    space = load_search_space(REPO / "search_spaces" / "face_ae.yaml", lambda k, v: None)
+    assert all(p.contains(float(row[p.key])) for row in rows for p in space.params)
 
 
 def _finished_trials(exp: Path, epochs: int) -> list[Path]:

@@ -86,5 +86,16 @@ def class_images(
 
 
 def relative_posix(root: Path, path: Path) -> str:
-    """``path`` relative to ``root`` with forward slashes, as stored in ``source_file``."""
-    return path.relative_to(root).as_posix()
+    """``path`` relative to ``root`` with forward slashes, as stored in ``source_file``.
+
+    Names that are not valid UTF-8 (Linux allows any bytes) cannot be stored in the
+    shards' string columns: refused here, naming the file, rather than deep in Parquet.
+    """
+    relative = path.relative_to(root).as_posix()
+    try:
+        relative.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetFormatError(
+            f"{root}: file or folder name {relative!r} is not valid UTF-8; rename it"
+        ) from None
+    return relative

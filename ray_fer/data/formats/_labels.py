@@ -6,6 +6,7 @@ AFEW-VA): every error names the file and the line.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +33,33 @@ def utf8_lines(path: Path) -> Iterator[str]:
                     f"column {exc.start + 1}); save the file as UTF-8"
                 ) from None
             yield line.removeprefix("\ufeff") if number == 1 else line
+
+
+class CsvRows:
+    """``csv.reader`` over the UTF-8 lines of ``path``; ``line_num`` as csv's.
+
+    csv's own errors (a field over its size limit, a stray quote in strict dialects) are
+    not ValueErrors: they become DatasetFormatError naming the file and line.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._rows = csv.reader(utf8_lines(path))
+
+    @property
+    def line_num(self) -> int:
+        return self._rows.line_num
+
+    def __iter__(self) -> CsvRows:
+        return self
+
+    def __next__(self) -> list[str]:
+        try:
+            return next(self._rows)
+        except csv.Error as exc:
+            raise DatasetFormatError(
+                f"{self.path}, line {self._rows.line_num}: malformed CSV ({exc})"
+            ) from None
 
 
 def read_utf8(path: Path) -> str:

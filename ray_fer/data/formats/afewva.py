@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ray_fer.data.formats._labels import read_utf8
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, listed_path
 
 FRAME_SUFFIX = ".png"
 VA_SCALE = 10.0
@@ -89,7 +89,7 @@ def _clip_items(clip: Path) -> Iterator[SourceItem]:
                 f"{where}: expected an object with valence, arousal and landmarks"
             )
         yield SourceItem(
-            source_file=f"{clip.name}/{frame}{FRAME_SUFFIX}",
+            source_file=listed_path(f"{clip.name}/{frame}{FRAME_SUFFIX}", where),
             valence=_va(ann, "valence", where),
             arousal=_va(ann, "arousal", where),
             subject_id=actor,

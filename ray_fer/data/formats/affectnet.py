@@ -16,15 +16,20 @@ a missing value (stored as NaN). The face box is given, so no detection runs.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ray_fer.data.formats._labels import parse_float, utf8_lines
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, require_columns
+from ray_fer.data.formats._labels import CsvRows, parse_float
+from ray_fer.data.formats.base import (
+    DatasetFormatError,
+    SourceItem,
+    decode_image,
+    listed_path,
+    require_columns,
+)
 
 #: Canonical split → the CSV that lists it.
 CSV_FILES = {"train": "training.csv", "val": "validation.csv"}
@@ -79,7 +84,7 @@ class AffectNet:
                 yield from self._rows(path, prefix, split)
 
     def _rows(self, path: Path, prefix: str, split: str) -> Iterator[SourceItem]:
-        rows = csv.reader(utf8_lines(path))
+        rows = CsvRows(path)
         header = [h.strip() for h in next(rows, [])]
         require_columns(path, header, COLUMNS)
         index = [header.index(c) for c in COLUMNS]
@@ -92,7 +97,7 @@ class AffectNet:
                     f"{where}: {len(row)} fields, the header has {len(header)}"
                 )
             file, x, y, w, h, expression, valence, arousal = (row[i].strip() for i in index)
-            source = prefix + file
+            source = prefix + listed_path(file, where)
             label = _expression(expression, where)
             if label in NOT_EMOTIONS:
                 self.skipped.append(

@@ -10,6 +10,7 @@ resizes.
 from __future__ import annotations
 
 import math
+import posixpath
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,12 @@ def decode_image(path: Path, data: bytes | None = None) -> np.ndarray:
     buf = np.frombuffer(data if data is not None else _read_bytes(path), dtype=np.uint8)
     if buf.size == 0:
         raise DatasetFormatError(f"{path}: empty file, not an image")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    try:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a header declaring more pixels than OpenCV allows
+        raise DatasetFormatError(
+            f"{path}: image refused by the decoder (corrupt, or too large: "
+            f"{exc.err or exc})") from None
     if img is None:
         raise DatasetFormatError(f"{path}: not a decodable image (corrupt or unsupported format)")
     if img.dtype != np.uint8:
@@ -123,3 +129,25 @@ def require_columns(path: Path, header: Sequence[str], needed: Sequence[str]) ->
         raise DatasetFormatError(
             f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(header) or 'none'}"
         )
+
+
+def listed_path(text: str, where: str) -> str:
+    """A file path read from a label file, checked to stay inside the dataset root.
+
+    Label files name images relative to the root; an absolute path or a ``..`` that
+    climbs out of it would make ingest read (and store in shards) a file the user never
+    gave, so it is refused with the file and line in ``where``.
+    """
+    path = text.strip().replace("\\", "/")
+    normal = posixpath.normpath(path) if path else ""
+    if (not normal or normal == "." or "\0" in path or posixpath.isabs(path)
+            or normal == ".." or normal.startswith("../")):
+        raise DatasetFormatError(
+            f"{where}: image path {text!r} is empty or leads outside the dataset folder; "
+            "label files must name images relative to it"
+        )
+    try:
+        normal.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DatasetFormatError(f"{where}: image path {text!r} is not valid UTF-8") from None
+    return normal

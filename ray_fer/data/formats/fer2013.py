@@ -7,13 +7,13 @@ release are interchangeable.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from ray_fer.data.formats._folders import class_images, relative_posix, subfolders
+from ray_fer.data.formats._labels import CsvRows
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, require_columns
 
 #: Kaggle's emotion index order 0..6.
@@ -44,34 +44,33 @@ class Fer2013Csv:
     def scan(self, root: Path) -> Iterator[SourceItem]:
         path = _csv_path(Path(root))
         name = path.name if path == Path(root) else relative_posix(Path(root), path)
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            rows = csv.reader(f)
-            # Some copies write the header as "emotion, Usage, pixels".
-            header = [h.strip() for h in next(rows, [])]
-            require_columns(path, header, self.columns)
-            col = {c: header.index(c) for c in self.columns}
-            for row in rows:
-                if not row:
-                    continue
-                where = f"{path}, line {rows.line_num}"
-                if len(row) != len(header):
-                    raise DatasetFormatError(
-                        f"{where}: {len(row)} fields, the header has {len(header)}"
-                    )
-                label = _parse_label(row[col["emotion"]], where)
-                usage = row[col["Usage"]].strip()
-                if usage not in USAGE_SPLITS:
-                    raise DatasetFormatError(
-                        f"{where}, column 'Usage': unknown value {usage!r}; expected one of "
-                        f"{', '.join(USAGE_SPLITS)}"
-                    )
-                yield SourceItem(
-                    source_file=f"{name}:{rows.line_num}",
-                    label=label,
-                    label_name=CLASS_NAMES[label],
-                    split=USAGE_SPLITS[usage],
-                    pixels=_parse_pixels(row[col["pixels"]], where),
+        rows = CsvRows(path)
+        # Some copies write the header as "emotion, Usage, pixels".
+        header = [h.strip() for h in next(rows, [])]
+        require_columns(path, header, self.columns)
+        col = {c: header.index(c) for c in self.columns}
+        for row in rows:
+            if not row:
+                continue
+            where = f"{path}, line {rows.line_num}"
+            if len(row) != len(header):
+                raise DatasetFormatError(
+                    f"{where}: {len(row)} fields, the header has {len(header)}"
                 )
+            label = _parse_label(row[col["emotion"]], where)
+            usage = row[col["Usage"]].strip()
+            if usage not in USAGE_SPLITS:
+                raise DatasetFormatError(
+                    f"{where}, column 'Usage': unknown value {usage!r}; expected one of "
+                    f"{', '.join(USAGE_SPLITS)}"
+                )
+            yield SourceItem(
+                source_file=f"{name}:{rows.line_num}",
+                label=label,
+                label_name=CLASS_NAMES[label],
+                split=USAGE_SPLITS[usage],
+                pixels=_parse_pixels(row[col["pixels"]], where),
+            )
 
     def load(self, root: Path, item: SourceItem) -> np.ndarray:
         if item.pixels is None:

@@ -13,7 +13,6 @@ while :meth:`FerPlus.scan` runs, so ingest can list them in the manifest.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.formats._labels import CsvRows
+from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, listed_path
 from ray_fer.data.targets import derived_targets_note, ferplus_va
 
 EMOTIONS = (
@@ -85,13 +85,12 @@ class FerPlus:
             path = root / folder / LABEL_FILE
             if not path.is_file():
                 raise DatasetFormatError(f"{path}: missing; every FER+ folder has a {LABEL_FILE}")
-            with path.open(newline="", encoding="utf-8") as f:
-                rows = csv.reader(f)
-                for row in rows:
-                    where = f"{path}, line {rows.line_num}"
-                    item = self._item(row, f"{folder}/", FOLDERS[folder], where) if row else None
-                    if item is not None:
-                        yield item
+            rows = CsvRows(path)
+            for row in rows:
+                where = f"{path}, line {rows.line_num}"
+                item = self._item(row, f"{folder}/", FOLDERS[folder], where) if row else None
+                if item is not None:
+                    yield item
 
     def _item(self, row: list[str], prefix: str, split: str, where: str) -> SourceItem | None:
         """The row's item, or None (recorded in :attr:`skipped`) when the protocol drops it."""
@@ -100,7 +99,7 @@ class FerPlus:
                 f"{where}: {len(row)} fields, expected {2 + len(VOTE_COLUMNS)} (file, face box, "
                 f"votes for {', '.join(VOTE_COLUMNS)})"
             )
-        source_file = prefix + row[0].strip()
+        source_file = prefix + listed_path(row[0], where)
         box = _parse_box(row[1], where)
         votes = [
             _parse_vote(text, column, where)

@@ -14,7 +14,6 @@ are calm (neutral) too.
 
 from __future__ import annotations
 
-import csv
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ray_fer.data.formats._labels import emotion_soft_label, parse_float, utf8_lines
+from ray_fer.data.formats._labels import CsvRows, emotion_soft_label, parse_float
 from ray_fer.data.formats.base import (
     NAN,
     DatasetFormatError,
@@ -105,7 +104,7 @@ class Taiwanese:
         path = Path(root) / INFO_FILE
         if not path.is_file():
             return {}
-        rows = csv.reader(utf8_lines(path))
+        rows = CsvRows(path)
         header = [h.strip() for h in next(rows, [])]
         require_columns(path, header, ("file_name", *SHARE_COLUMNS, *INTENSITY_COLUMNS))
         col = {c: header.index(c) for c in header}

@@ -1,0 +1,250 @@
+"""Training throughput: ray_fer's Ray Data → Ray Train path against a plain PyTorch loop.
+
+For each model, at its training size and batch, on one GPU:
+
+(a) plain: the model's training step (ray_fer's own step function: the same loss,
+    bf16 autocast, channels_last, augmentation on the GPU) over uint8 faces already on the
+    GPU, a seeded permutation per epoch — no Ray, no data pipeline;
+(b) ray_fer: ``ray_fer.train.loop.train`` — shards read by Ray Data, one Ray Train
+    worker, the worker's device cache (``data.cache``) filled in epoch 0; images/s
+    from the loop's own per-epoch ``rows_train / time_train_s``, median over epochs ≥ 1,
+    plus epoch 0 (streaming from Ray Data while the cache fills) and, with
+    ``--stream``, a second run that streams every epoch (``data.cache=off``);
+and the run's fixed cost ``time_startup_s`` (planning → first training step; Ray is
+started before, as a Tune trial finds it running).
+
+Faces are the procedural set drawn at the model's input size (no upsampling), so bytes per
+row are those of real training at that size.
+
+    python benchmarks/throughput.py                               # all models, one GPU
+    python benchmarks/throughput.py --models deep_emotion,resnet50 --batch-size resnet50=256
+    python benchmarks/throughput.py --packing deep_emotion        # Tune trials per GPU
+
+Prints a Markdown table; ``--json`` writes the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from ray_fer.config import Config, build_config
+from ray_fer.data import stream
+from ray_fer.data.shards import decode_images, read_manifest
+from ray_fer.storage import resolve
+from ray_fer.train import loop
+from ray_fer.train.steps import DataInfo
+
+MODELS = ("deep_emotion", "deep_emotion_wide", "vgg_bn", "mobilenet_v2_dense",
+          "efficientnet_b0_dense", "efficientnet_b2_dense", "resnet50", "resnet50_icbam",
+          "resnet101", "resnet101_icbam")
+
+
+def faces(root: Path, size: int, channels: int, rows: int) -> str:
+    """Shards of ``rows`` procedural faces at ``size`` px (70 % of them in train)."""
+    from ray_fer.ingest import ingest
+
+    uri = str(root / f"faces-{size}-{channels}-{rows}")
+    if not (Path(uri) / "manifest.json").is_file():
+        subjects = max(10, rows // 70)
+        ingest("synthetic", "default", uri, size=size, channels=channels, folds=1,
+               reader_options={"subjects": subjects, "images_per_subject": 70, "size": size},
+               progress=False)
+    return uri
+
+
+def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: int | None,
+           extra: dict) -> Config:
+    """The model's packaged training config on one GPU (if any), ``epochs`` long."""
+    flags = {"data.uri": data, "run.storage": str(storage), "run.name": name,
+             "train.epochs": epochs, "resources.gpu": torch.cuda.is_available(),
+             "train.batch_size": batch}
+    return build_config(model, "classify", flags=flags | extra)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
+    """(a): images/s of the training step over GPU-resident train rows (median epoch ≥ 1)."""
+    method, plan = loop.plan_run(cfg)
+    device = torch.device("cuda" if cfg.resources.gpu else "cpu")
+    torch.backends.cudnn.benchmark = True  # as the Ray Train worker sets it
+    loc = resolve(data)
+    manifest = read_manifest(loc)
+    tables = [pq.read_table(loc.join(s.file), columns=["image", "label", "split"])
+              for s in manifest.shards]
+    images, labels = [], []
+    for table in tables:
+        keep = np.asarray(table["split"].to_pylist()) == "train"
+        images.append(decode_images(table["image"], manifest.image_shape)[keep])
+        labels.append(table["label"].to_numpy()[keep])
+    pixels = torch.from_numpy(np.concatenate(images)).to(device)
+    label = torch.from_numpy(np.concatenate(labels)).long().to(device)
+    info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
+                    channels=plan.channels)
+    state = loop.build_state(method, cfg, info, device, plan.steps_per_epoch)
+    state.train_modules = {k: loop.wrap_module(m, cfg, device, 1)
+                           for k, m in state.modules.items()}
+    for module in state.modules.values():
+        module.train()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.train.seed)
+    batch_size, n = cfg.train.batch_size, len(label)
+    rates = []
+    layout = torch.channels_last if cfg.train.channels_last and device.type == "cuda" else (
+        torch.contiguous_format)
+    for _ in range(epochs):
+        _sync(device)
+        started = time.perf_counter()
+        order = torch.randperm(n, generator=generator, device=device)
+        for start in range(0, n - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            x = stream.normalise(pixels.index_select(0, index))
+            if cfg.augment.enabled:
+                x = stream.augment_batch(x, cfg.augment, generator)
+            batch = loop.fit_batch({"image": x.contiguous(memory_format=layout),
+                                    "label": label.index_select(0, index)}, info,
+                                   channels_last=layout == torch.channels_last)
+            method.train_batch(state, batch)
+        _sync(device)
+        rates.append((n // batch_size) * batch_size / (time.perf_counter() - started))
+    return statistics.median(rates[1:])
+
+
+def ray_path(cfg: Config) -> dict:
+    """(b): the loop's own per-epoch figures for one run."""
+    outcome = loop.train(cfg)
+    rates = [m["rows_train"] / m["time_train_s"] for m in outcome.history]
+    return {"epoch0": rates[0], "steady": statistics.median(rates[1:]),
+            "startup_s": outcome.history[0].get("time_startup_s")}
+
+
+def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
+            with_stream: bool, extra: dict) -> dict:
+    from ray_fer.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    cfg = config(model, data, work / "runs", f"{model}-cached-{time.time_ns()}", epochs, batch,
+                 extra)
+    row = {"model": model, "size": defaults.image_size, "channels": defaults.in_channels,
+           "batch": cfg.train.batch_size, "plain": plain_images_per_s(cfg, data, epochs)}
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    ray_ = ray_path(cfg)
+    row |= {"ray_epoch0": ray_["epoch0"], "ray": ray_["steady"], "startup_s": ray_["startup_s"]}
+    if with_stream:
+        streamed = config(model, data, work / "runs", f"{model}-stream-{time.time_ns()}",
+                          epochs, batch, extra | {"data.cache": "off"})
+        row["ray_stream"] = ray_path(streamed)["steady"]
+    row["ratio"] = row["ray"] / row["plain"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def packing(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict:
+    """Aggregate images/s of ``trials`` Tune trials sharing one GPU vs one trial alone."""
+    from ray_fer import tune
+    from ray_fer.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    out = {"model": model, "trials": trials}
+    for label, n, gpus in (("alone", 1, 1.0), ("packed", trials, 1.0 / trials)):
+        name = f"pack-{label}-{time.time_ns()}"
+        started = time.perf_counter()
+        code = tune.main([model, "--data", data, "--storage", str(work / "searches"),
+                          "--name", name, "--num-samples", str(n), "--max-concurrent", str(n),
+                          "--epochs", str(epochs), "--grace-period", str(epochs),
+                          "--gpus-per-trial", str(gpus)])
+        wall = time.perf_counter() - started
+        if code != 0:
+            raise RuntimeError(f"tune {label} exited with {code}")
+        rates, startups = [], []
+        for history in (work / "searches" / name / "train").glob("*/history.json"):
+            epochs_run = json.loads(history.read_text())
+            rates.append(statistics.median(m["rows_train"] / m["time_train_s"]
+                                           for m in epochs_run[1:]))
+            startups.append(epochs_run[0]["time_startup_s"])
+        out[label] = {"trials": len(rates), "images_per_s": sum(rates), "wall_s": wall,
+                      "startup_s": sorted(startups)}
+    out["scaling"] = out["packed"]["images_per_s"] / out["alone"]["images_per_s"]
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | input | batch | (a) plain img/s | (b) ray_fer img/s | (b)/(a) | "
+             "epoch 0 (filling cache) img/s | streaming every epoch img/s | startup s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        stream_rate = f"{r['ray_stream']:,.0f}" if "ray_stream" in r else "—"
+        lines.append(
+            f"| {r['model']} | {r['size']}×{r['size']}×{r['channels']} | {r['batch']} | "
+            f"{r['plain']:,.0f} | {r['ray']:,.0f} | {r['ratio']:.2f} | "
+            f"{r['ray_epoch0']:,.0f} | {stream_rate} | {r['startup_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--rows", type=int, default=8400, help="faces drawn per input size")
+    p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (>= 2)")
+    p.add_argument("--batch-size", action="append", default=[], metavar="MODEL=N",
+                   help="override a model's configured batch size")
+    p.add_argument("--stream", action="store_true", help="also time data.cache=off")
+    p.add_argument("--packing", metavar="MODEL", help="measure Tune trials packed per GPU")
+    p.add_argument("--trials", type=int, default=4, help="trials packed on the GPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile (train.compile)")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="run on CPU (checks the script; the figures mean nothing)")
+    p.add_argument("--work", help="folder for shards and runs (default: a temp folder)")
+    p.add_argument("--json", help="write the results here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available() and not args.cpu_smoke:
+        print("throughput.py measures GPU training: no CUDA device here (--cpu-smoke runs "
+              "it on CPU to check the script)", file=sys.stderr)
+        return 2
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (epoch 0 compiles, warms up and fills the cache)")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    batches = dict(item.split("=") for item in args.batch_size)
+    work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-throughput-"))
+    if args.packing:
+        result: dict | list = packing(args.packing, work, args.rows, args.epochs, args.trials)
+    else:
+        import ray
+
+        from ray_fer.storage import ray_runtime_env
+
+        # Started here, so the first model's startup figure excludes starting Ray.
+        ray.init(runtime_env=ray_runtime_env() or None)
+        extra = {"train.compile": True} if args.compile else {}
+        result = [measure(m, work, args.rows, args.epochs,
+                          int(batches[m]) if m in batches else None, args.stream, extra)
+                  for m in args.models.split(",")]
+        print(table(result))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"device: {device}, torch {torch.__version__}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""``python -m ray_fer.export <checkpoint> --format onnx|torchscript [--out FILE]``.
+
+Loads the network of a checkpoint (local or s3://; classifiers and the V/A models) and
+writes it as one file that needs no ray_fer to run:
+
+- ONNX (opset 20: the first with ``affine_grid``, which Deep-Emotion's spatial transformer
+  needs), with a dynamic batch axis, exported with torch's TorchScript-based exporter
+  (``dynamo=False``: no onnxscript needed). After writing, the file is run with
+  onnxruntime on CPU and compared with the PyTorch model on a batch of another size; a
+  difference above the tolerance (relative, see :func:`relative_difference`) is an error
+  and nothing is written.
+- TorchScript (``torch.jit.trace``), loadable with ``torch.jit.load`` alone.
+
+Both carry the model's description as JSON (ONNX: metadata property ``ray_fer``;
+TorchScript: extra file ``ray_fer.json``): class names, outputs, input size and
+channels, and the input convention: float32 (N, C, H, W), pixels / 127.5 - 1.
+``python -m ray_fer.predict`` accepts either file in place of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ray_fer.config import Config, ConfigError
+from ray_fer.models.registry import build_model, model_defaults
+from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
+META_KEY = "ray_fer"
+TORCHSCRIPT_META = "ray_fer.json"
+#: Opset 20 is the first with AffineGrid (Deep-Emotion's spatial transformer).
+ONNX_OPSET = 20
+INPUT_NAME = "image"
+OUTPUT_NAME = "output"
+VA_OUTPUTS = ("valence", "arousal")
+
+
+@contextlib.contextmanager
+def quiet_torchscript() -> Iterator[None]:
+    """torch 2.14 marks TorchScript (``torch.jit``) and the TorchScript-based ONNX exporter
+    deprecated; both still work and are what these formats need, so the notices go. So do
+    the tracer's notes on ``affine_grid``'s argument checks (shape tests that hold for every
+    input); each export is checked against PyTorch on another batch size instead."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                module="torch.nn.functional")
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
+                                category=FutureWarning)
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",
+                                category=DeprecationWarning)
+        yield
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a trained network takes and gives, readable without torch.
+
+    ``outputs`` names the columns of the model's output: class names (logits) for
+    classifiers, ``valence``/``arousal`` (in [-1, 1]) for V/A models.
+    """
+
+    model: str
+    family: str
+    task: str
+    class_names: list[str]
+    outputs: list[str]
+    image_size: int
+    channels: int
+    input: str = "float32 (N, C, H, W), pixels / 127.5 - 1"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ModelMeta:
+        try:
+            return cls(**json.loads(text))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: unreadable ray_fer model description ({exc})") from exc
+
+
+@dataclass
+class Trained:
+    """A checkpoint's network in eval mode, with its description and the run's config."""
+
+    model: nn.Module
+    meta: ModelMeta
+    cfg: Config
+
+
+def load_trained(checkpoint: str, *, endpoint: str | None = None,
+                 device: str | torch.device = "cpu") -> Trained:
+    """The network of ``checkpoint`` (a folder, local or s3://) on ``device``, in eval mode.
+
+    Only the network is built (no optimizer, no training data is read). Raises
+    CheckpointError for a folder that is not a checkpoint, ConfigError for a method
+    whose checkpoint holds no single inference network (the face autoencoder).
+    """
+    with local_checkpoint(checkpoint, endpoint) as folder:
+        loaded = load_checkpoint(folder, map_location=device)
+    cfg, info = loaded.cfg, loaded.info
+    defaults = model_defaults(cfg.model_name)
+    if defaults.task == "va" and defaults.family != "caf":
+        raise ConfigError(f"{checkpoint}: {cfg.model_name!r} checkpoints hold no single "
+                          "inference network; explain, predict and export take classifiers "
+                          "and the CAF V/A models")
+    model = build_model(cfg.model_name, num_classes=info.num_classes, in_channels=info.channels,
+                        image_size=info.image_size, **cfg.model.options)
+    saved = loaded.state["modules"].get("model")
+    if saved is None:
+        raise CheckpointError(f"{checkpoint}: checkpoint has no module named 'model'")
+    model.load_state_dict(saved)
+    model.to(device).eval()
+    outputs = list(VA_OUTPUTS) if defaults.task == "va" else list(info.class_names)
+    meta = ModelMeta(model=cfg.model_name, family=defaults.family, task=defaults.task,
+                     class_names=list(info.class_names), outputs=outputs,
+                     image_size=info.image_size, channels=info.channels)
+    return Trained(model=model, meta=meta, cfg=cfg)
+
+
+def _example(meta: ModelMeta, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, meta.channels, meta.image_size, meta.image_size, generator=g) * 2 - 1
+
+
+def _written(path: Path, write) -> Path:
+    """Run ``write(tmp)`` and move the result to ``path``; nothing is left on failure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_onnx(trained: Trained, path: str | Path, *, opset: int = ONNX_OPSET,
+                tolerance: float = 1e-3) -> float:
+    """Write ``trained`` as ONNX to ``path``; returns its :func:`relative_difference` from
+    PyTorch on a random batch, run with onnxruntime on CPU (ValueError above
+    ``tolerance``)."""
+    import onnx
+
+    module = trained.model.cpu()
+
+    def write(tmp: Path) -> None:
+        # A batch of 2 at trace time: a batch of 1 lets the tracer fold the batch size.
+        with quiet_torchscript():
+            torch.onnx.export(module, (_example(trained.meta, 2),), str(tmp), dynamo=False,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"},
+                                            OUTPUT_NAME: {0: "batch"}},
+                              opset_version=opset)
+        proto = onnx.load(str(tmp))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_KEY, trained.meta.to_json()
+        onnx.save(proto, str(tmp))
+        diff = onnx_difference(module, tmp, trained.meta)
+        if not diff <= tolerance:
+            raise ValueError(f"ONNX export of {trained.meta.model} differs from PyTorch by "
+                             f"{diff:.3g} (> {tolerance}); the file was not written")
+        nonlocal difference
+        difference = diff
+
+    difference = float("nan")
+    _written(Path(path), write)
+    return difference
+
+
+def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
+    """max |got - want| / max(1, max |want|): absolute for outputs within [-1, 1] (V/A,
+    small logits), relative to the output's scale otherwise (an untrained ResNet-101's
+    logits reach the hundreds, where float32 rounding alone exceeds 1e-3)."""
+    return float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+
+
+def onnx_difference(module: nn.Module, path: str | Path, meta: ModelMeta,
+                    batch: int = 3) -> float:
+    """:func:`relative_difference` of the ONNX file from ``module`` on a random batch
+    (a batch size other than the one traced, which also checks the dynamic axis)."""
+    import onnxruntime as ort
+
+    x = _example(meta, batch, seed=1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {INPUT_NAME: x.numpy()})[0]
+    with torch.no_grad():
+        want = module(x).float().numpy()
+    return relative_difference(got, want)
+
+
+def export_torchscript(trained: Trained, path: str | Path, *, tolerance: float = 1e-5) -> float:
+    """Write ``trained`` as traced TorchScript to ``path``; returns its
+    :func:`relative_difference` from the eager model on a random batch of another size
+    (ValueError above ``tolerance``)."""
+    module = trained.model.cpu()
+
+    def write(tmp: Path) -> None:
+        x = _example(trained.meta, 3, seed=1)
+        with quiet_torchscript(), torch.no_grad():
+            traced = torch.jit.trace(module, (_example(trained.meta, 2),))
+            torch.jit.save(traced, str(tmp),
+                           _extra_files={TORCHSCRIPT_META: trained.meta.to_json()})
+            diff = relative_difference(torch.jit.load(str(tmp))(x).numpy(),
+                                       module(x).numpy())
+        if not diff <= tolerance:
+            raise ValueError(f"TorchScript export of {trained.meta.model} differs from eager "
+                             f"PyTorch by {diff:.3g} (> {tolerance}); the file was not written")
+        nonlocal difference
+        difference = diff
+
+    difference = float("nan")
+    _written(Path(path), write)
+    return difference
+
+
+def default_out(checkpoint: str, fmt: str) -> Path:
+    """``<run>-<checkpoint folder><suffix>`` in the current directory."""
+    parts = [p for p in checkpoint.rstrip("/").split("/") if p]
+    stem = "-".join(parts[-2:]) if parts else "model"
+    return Path(f"{stem}{SUFFIXES[fmt]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ray_fer.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="checkpoint folder (local or s3://)")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", help="output file (default: <run>-<checkpoint>.onnx|.pt here)")
+    p.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset (>= 20)")
+    p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
+    args = p.parse_args(argv)
+    out = Path(args.out) if args.out else default_out(args.checkpoint, args.format)
+    try:
+        trained = load_trained(args.checkpoint, endpoint=args.endpoint)
+        if args.format == "onnx":
+            diff = export_onnx(trained, out, opset=args.opset)
+        else:
+            diff = export_torchscript(trained, out)
+    except (CheckpointError, ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} ({args.format}, {trained.meta.model}, outputs "
+          f"{', '.join(trained.meta.outputs)}); difference from PyTorch {diff:.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Predict on real photos: faces found in JAFFE / Taiwanese images and in a two-face photo,
+cropped as ingestion crops them; folders, videos, no-face images and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from support.trained import train_checkpoint
+
+from ray_fer.data.faces import prepare_face
+from ray_fer.data.formats.base import SourceItem, decode_image
+from ray_fer.predict import (
+    ANNOTATED_DIR,
+    PREDICTIONS_FILE,
+    PredictError,
+    load_predictor,
+    main,
+    predict,
+    predict_image,
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    return str(train_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint_epoch-0000"))
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    return load_predictor(checkpoint)
+
+
+@pytest.fixture(scope="module")
+def photos(real_dataset) -> list[Path]:
+    """Three JAFFE and three Taiwanese photos (from ../shared/datasets; skipped if absent)."""
+    jaffe = sorted(real_dataset("jaffe").rglob("*.tiff"))[::70][:3]
+    taiwanese = sorted(real_dataset("taiwanese").rglob("*.jpg"))[::400][:3]
+    assert len(jaffe) == len(taiwanese) == 3
+    return jaffe + taiwanese
+
+
+def _check_face(face: dict, image: np.ndarray) -> None:
+    x, y, w, h = face["box"]
+    assert x >= 0 and y >= 0 and x + w <= image.shape[1] and y + h <= image.shape[0]
+    assert face["label"] in face["probabilities"]
+    assert sum(face["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    assert face["confidence"] == max(face["probabilities"].values())
+
+
+def test_finds_the_face_in_jaffe_and_taiwanese_photos(predictor, photos):
+    for path in photos:
+        image = decode_image(path)
+        faces = predict_image(predictor, image)
+        assert len(faces) >= 1, path
+        _check_face(faces[0], image)
+
+
+def test_faces_are_cropped_and_scored_as_ingestion_crops_them(predictor, photos):
+    image = decode_image(photos[0])
+    (face,) = predict_image(predictor, image)
+    ingested = prepare_face(image, SourceItem(source_file="x", needs_detection=True),
+                            predictor.spec)
+    expected = predictor.scores(ingested[None])[0]
+    np.testing.assert_allclose(list(face["probabilities"].values()), expected, atol=1e-6)
+
+
+def test_two_faces_pasted_side_by_side_are_both_found(predictor, photos):
+    left, right = (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in photos[:2])
+    height = min(left.shape[0], right.shape[0])
+    pair = np.concatenate([left[:height], right[:height]], axis=1)
+    faces = predict_image(predictor, pair)
+    assert len(faces) == 2
+    centres = sorted(f["box"][0] + f["box"][2] / 2 for f in faces)
+    assert centres[0] < left.shape[1] < centres[1]
+
+
+def test_folder_run_writes_json_lines_annotations_and_reports_no_face(checkpoint, photos,
+                                                                      tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    cv2.imwrite(str(folder / "a.png"), cv2.imread(str(photos[0])))
+    cv2.imwrite(str(folder / "sub" / "b.jpg"), cv2.imread(str(photos[3])))
+    cv2.imwrite(str(folder / "blank.png"), np.full((120, 160, 3), 128, np.uint8))
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    summary = predict(checkpoint, folder, tmp_path / "out", progress=False)
+    assert (summary.images, summary.faces, summary.no_face, summary.errors) == (3, 2, 1, 1)
+    lines = [json.loads(line) for line in
+             (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()]
+    by_name = {Path(line["source"]).name: line for line in lines}
+    assert set(by_name) == {"a.png", "b.jpg", "blank.png", "broken.png"}
+    assert by_name["blank.png"]["no_face"] is True and by_name["blank.png"]["faces"] == []
+    assert by_name["a.png"]["no_face"] is False and len(by_name["a.png"]["faces"]) == 1
+    assert "not a decodable image" in by_name["broken.png"]["error"]
+    annotated = tmp_path / "out" / ANNOTATED_DIR
+    assert (annotated / "sub" / "b.png").is_file() and (annotated / "blank.png").is_file()
+
+
+def test_video_frames_are_sampled_at_the_chosen_rate(checkpoint, photos, tmp_path):
+    frame = cv2.imread(str(photos[0]))
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10,
+                             (frame.shape[1], frame.shape[0]))
+    for _ in range(20):  # 2 s at 10 frames/s
+        writer.write(frame)
+    writer.release()
+    summary = predict(checkpoint, video, tmp_path / "out", rate=2, progress=False)
+    lines = [json.loads(line) for line in
+             (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()]
+    assert [line["frame"] for line in lines] == [0, 5, 10, 15]
+    assert [line["time_s"] for line in lines] == [0, 0.5, 1.0, 1.5]
+    assert summary.faces == 4
+    assert (tmp_path / "out" / ANNOTATED_DIR / "clip.mp4").stat().st_size > 0
+
+
+def test_a_non_image_file_and_an_empty_folder_are_clear_errors(checkpoint, tmp_path, capsys):
+    text = tmp_path / "labels.txt"
+    text.write_text("happy\n")
+    assert main([checkpoint, str(text), "--out", str(tmp_path / "o1")]) == 2
+    assert "labels.txt: not a decodable image" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([checkpoint, str(empty), "--out", str(tmp_path / "o2")]) == 2
+    assert "empty: no images found" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    with pytest.raises(PredictError, match="no such model file"):
+        load_predictor(str(tmp_path / "missing.onnx"))
