@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from support.s3 import start_seaweedfs
+from support.s3 import exported, start_seaweedfs
 
 from ray_fer import ingest
 from ray_fer.train import __main__ as train_cli
@@ -20,15 +20,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def keyed_s3(tmp_path, monkeypatch):
+def keyed_s3(tmp_path):
     """An S3 server of its own (its secret key is random) and the AWS variables set to it."""
-    server = start_seaweedfs(tmp_path / "seaweedfs")
-    for name in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in server.env().items():
-        monkeypatch.setenv(name, value)
-    yield server
-    server.stop()
+    with exported(start_seaweedfs(tmp_path / "seaweedfs")) as server:
+        yield server
 
 
 def _files_holding(root: Path, needle: bytes) -> list[str]:

@@ -93,8 +93,9 @@ def _stored_columns(columns: Sequence[str]) -> list[str]:
     return sorted(need)
 
 
-def _row_mask(table: pa.Table, splits: Sequence[str] | None, folds: Sequence[int] | None,
-              exclude_folds: Sequence[int] | None) -> np.ndarray:
+def row_mask(table: pa.Table, splits: Sequence[str] | None, folds: Sequence[int] | None,
+             exclude_folds: Sequence[int] | None) -> np.ndarray:
+    """Which rows of ``table`` (with ``split`` and ``fold`` columns) a selection keeps."""
     mask = np.ones(table.num_rows, bool)
     if splits is not None:
         mask &= pc.is_in(table["split"], pa.array(list(splits), pa.string())).to_numpy(
@@ -153,7 +154,7 @@ class _ShardRead:
             index = np.arange(starts[group], starts[group] + n)
             if filtered:
                 keys = pf.read_row_group(group, columns=["split", "fold"])
-                keep = np.flatnonzero(_row_mask(keys, self.splits, self.folds,
+                keep = np.flatnonzero(row_mask(keys, self.splits, self.folds,
                                                 self.exclude_folds))
                 index = index[keep]
             if not index.size:

@@ -25,11 +25,11 @@ from ray_fer.config import Config, ConfigError, merged
 from ray_fer.data.shards import read_columns, read_manifest
 from ray_fer.data.targets import SplitMethod, emotion_threshold
 from ray_fer.models.caf import CafModel
-from ray_fer.models.registry import build_model, model_options
+from ray_fer.models.registry import build_model
 from ray_fer.storage import resolve
 from ray_fer.train.caf_losses import adversarial_loss, critic_contrastive_loss, va_loss
 from ray_fer.train.metrics import va_histogram, va_metrics_from_sums, va_sums
-from ray_fer.train.steps import DataInfo, Method, Sums, TrainState
+from ray_fer.train.steps import DataInfo, Method, Sums, TrainState, check_model_options
 
 Stats = dict[str, torch.Tensor]
 
@@ -264,7 +264,9 @@ def _train(state: TrainState, batch: dict) -> Sums:
     return sums | {"count": n}
 
 
-def _eval(state: TrainState, batch: dict) -> Sums:
+def va_eval_batch(state: TrainState, batch: dict) -> Sums:
+    """V/A regression sums of one validation batch (RMSE/PCC/CCC/SAGR statistics, loss,
+    agreement histogram) of a model that maps faces to (valence, arousal)."""
     target = torch.stack([batch["valence"], batch["arousal"]], dim=1).float()
     labelled = target.isfinite().all(1)
     pred = state.modules["model"](batch["image"]).float()[labelled]
@@ -274,7 +276,8 @@ def _eval(state: TrainState, batch: dict) -> Sums:
                    "agreement": va_histogram(pred, target)}
 
 
-def _summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
+def va_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
+    """Epoch metrics from summed :func:`va_eval_batch` (or training) sums."""
     count = float(sums.get("count", 0.0))
     if count == 0:
         return {f"{prefix}_loss": math.nan, f"{prefix}_mean_ccc": math.nan}
@@ -296,11 +299,7 @@ def _figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
 
 def _check(cfg: Config) -> None:
     caf_config(cfg)
-    accepted = model_options(cfg.model_name)
-    for key in cfg.model.options:
-        if key not in accepted:
-            raise ConfigError(f"unknown config key 'model.options.{key}'; model "
-                              f"{cfg.model_name!r} accepts: {', '.join(accepted)}")
+    check_model_options(cfg)
     if cfg.resources.workers != 1:
         # The alternating critic/encoder updates address sub-networks directly, which a
         # DDP wrapper would not synchronise; scale CAF out with parallel Tune trials.
@@ -311,5 +310,5 @@ def _check(cfg: Config) -> None:
 
 #: CAF and its no-critic baseline (``model.name: caf_baseline``) on the one training loop.
 CAF = Method(family="caf", metric="val_mean_ccc", mode="max", build_modules=_modules,
-             build_optimizers=_optimizers, train_batch=_train, eval_batch=_eval,
-             summarize=_summarize, check_config=_check, figures=_figures)
+             build_optimizers=_optimizers, train_batch=_train, eval_batch=va_eval_batch,
+             summarize=va_summarize, check_config=_check, figures=_figures)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ray_fer.config import Config, ConfigError, merged
-from ray_fer.data.shard_source import ROW_ID_STRIDE, _row_mask
+from ray_fer.data.shard_source import ROW_ID_STRIDE, row_mask
 from ray_fer.data.shards import decode_images, read_manifest
 from ray_fer.models.face_ae import (
     FIGURE_AROUSALS,
@@ -43,10 +43,9 @@ from ray_fer.models.face_ae import (
     ae_loss,
     render_va_grid,
 )
-from ray_fer.models.registry import build_model, model_options
+from ray_fer.models.registry import build_model
 from ray_fer.storage import Location, resolve
-from ray_fer.train.caf_steps import _eval as va_eval_batch
-from ray_fer.train.caf_steps import _summarize as va_summarize
+from ray_fer.train.caf_steps import va_eval_batch, va_summarize
 from ray_fer.train.checkpoint import META_FILE, load_checkpoint, local_checkpoint
 from ray_fer.train.face_ae_steps import (
     BALANCES,
@@ -67,6 +66,7 @@ from ray_fer.train.steps import (
     Method,
     Sums,
     TrainState,
+    check_model_options,
     fit_images,
     make_optimizer,
     make_scheduler,
@@ -136,7 +136,7 @@ def selected_rows(cfg: Config, columns: list[str], split: Split) -> tuple[pa.Tab
     for index, shard in enumerate(manifest.shards):
         table = pq.read_table(loc.join(shard.file), columns=[*columns, "split", "fold"],
                               filesystem=loc.fs)
-        keep = np.flatnonzero(_row_mask(table, **select))
+        keep = np.flatnonzero(row_mask(table, **select))
         tables.append(table.select(columns).take(keep))
         ids.append(index * ROW_ID_STRIDE + keep)
     return pa.concat_tables(tables), np.concatenate(ids).astype(np.int64)
@@ -174,7 +174,7 @@ def _first_face(cfg: Config, info: DataInfo) -> torch.Tensor:
     for shard in manifest.shards:
         pf = pq.ParquetFile(loc.fs.open_input_file(loc.join(shard.file)))
         for group in range(pf.num_row_groups):
-            keep = np.flatnonzero(_row_mask(pf.read_row_group(group, columns=["split", "fold"]),
+            keep = np.flatnonzero(row_mask(pf.read_row_group(group, columns=["split", "fold"]),
                                             **select))
             if keep.size:
                 image = pf.read_row_group(group, columns=["image"])["image"].take(keep[:1])
@@ -196,14 +196,6 @@ def load_autoencoder(uri: str, endpoint: str | None) -> FaceAutoencoder:
                      **loaded.cfg.model.options)
     loaded.restore({"model": ae})
     return ae.requires_grad_(False).eval()
-
-
-def _check_model_options(cfg: Config) -> None:
-    accepted = model_options(cfg.model_name)
-    for key in cfg.model.options:
-        if key not in accepted:
-            raise ConfigError(f"unknown config key 'model.options.{key}'; model "
-                              f"{cfg.model_name!r} accepts: {', '.join(accepted) or 'none'}")
 
 
 def _random_seed() -> int:
@@ -283,7 +275,7 @@ def _ae_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
 
 def _ae_check(cfg: Config) -> None:
     ae_config(cfg)
-    _check_model_options(cfg)
+    check_model_options(cfg)
     if cfg.resources.workers != 1:
         # L_AE calls the encoder and decoder separately, past a DDP wrapper's forward:
         # its gradients would not be synchronised.
@@ -370,7 +362,7 @@ def _regress_train(state: TrainState, batch: dict) -> Sums:
 
 def _regress_check(cfg: Config) -> None:
     options = regress_config(cfg)
-    _check_model_options(cfg)
+    check_model_options(cfg)
     if options.ae_checkpoint:
         loc = resolve(options.ae_checkpoint, cfg.data.endpoint)
         if loc.fs.get_file_info(loc.join(META_FILE)).type != pafs.FileType.File:

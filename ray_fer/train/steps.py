@@ -298,12 +298,8 @@ def _classify_figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
                                         title="validation, best epoch")}
 
 
-def _classify_check(cfg: Config) -> None:
-    if cfg.options:
-        raise ConfigError(
-            f"unknown config key 'options.{next(iter(cfg.options))}': classification "
-            "methods take no method options (model settings go under model.options)"
-        )
+def check_model_options(cfg: Config) -> None:
+    """ConfigError naming the first ``model.options`` key the configured model does not take."""
     accepted = model_options(cfg.model_name)
     for key in cfg.model.options:
         if key not in accepted:
@@ -311,6 +307,15 @@ def _classify_check(cfg: Config) -> None:
                 f"unknown config key 'model.options.{key}'; model {cfg.model_name!r} "
                 f"accepts: {', '.join(accepted) or 'none'}"
             )
+
+
+def _classify_check(cfg: Config) -> None:
+    if cfg.options:
+        raise ConfigError(
+            f"unknown config key 'options.{next(iter(cfg.options))}': classification "
+            "methods take no method options (model settings go under model.options)"
+        )
+    check_model_options(cfg)
 
 
 CLASSIFY = Method(

@@ -8,12 +8,10 @@ written before the crash are there again, as after a real server restart.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
-from support.s3 import SeaweedFS, _die_with_parent, _ready, _server_env, start_seaweedfs
+from support.s3 import SeaweedFS, exported, spawn, start_seaweedfs, wait_until_ready
 
 #: Longest wait for a relaunched server to accept writes (it replays its volumes).
 REVIVE_TIMEOUT_S = 120
@@ -27,27 +25,13 @@ def crash(server: SeaweedFS) -> None:
 
 def revive(server: SeaweedFS) -> None:
     """Relaunch a crashed server on its ports and data; wait until it accepts writes."""
-    with server.log.open("ab") as log:
-        server.process = subprocess.Popen(
-            server.process.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=_server_env(server.directory), preexec_fn=_die_with_parent)
-    deadline = time.monotonic() + REVIVE_TIMEOUT_S
-    while not _ready(server):
-        if server.process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"SeaweedFS did not come back; log tail:\n{server.log_tail()}")
-        time.sleep(0.3)
+    server.process = spawn(server.process.args, server.directory, log_mode="ab")
+    if not wait_until_ready(server, REVIVE_TIMEOUT_S):
+        raise RuntimeError(f"SeaweedFS did not come back; log tail:\n{server.log_tail()}")
 
 
 @pytest.fixture(scope="module")
 def own_s3(tmp_path_factory) -> Iterator[SeaweedFS]:
     """A SeaweedFS for this module only; the AWS variables point at it meanwhile."""
-    server = start_seaweedfs(tmp_path_factory.mktemp("own-seaweedfs"))
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            mp.delenv(name, raising=False)
-        for name, value in server.env().items():
-            mp.setenv(name, value)
-        try:
-            yield server
-        finally:
-            server.stop()
+    with exported(start_seaweedfs(tmp_path_factory.mktemp("own-seaweedfs"))) as server:
+        yield server

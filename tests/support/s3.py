@@ -161,6 +161,40 @@ def _server_env(directory: Path) -> dict[str, str]:
     return env | {"TMPDIR": str(directory)}
 
 
+def spawn(args: list[str], directory: Path, *, log_mode: str) -> subprocess.Popen:
+    """Run the ``weed`` command line ``args``, logging to ``directory/weed.log`` (``"wb"``
+    starts the log, ``"ab"`` appends to it, as a restart does)."""
+    with (directory / "weed.log").open(log_mode) as log:
+        return subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=_server_env(directory), preexec_fn=_die_with_parent,
+        )
+
+
+def wait_until_ready(server: SeaweedFS, timeout: float) -> bool:
+    """Whether ``server`` accepts writes within ``timeout`` s (False once it has exited)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and server.process.poll() is None:
+        if _ready(server):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@contextlib.contextmanager
+def exported(server: SeaweedFS) -> Iterator[SeaweedFS]:
+    """The standard AWS variables point at ``server`` meanwhile; it is stopped afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+            mp.delenv(name, raising=False)
+        for name, value in server.env().items():
+            mp.setenv(name, value)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
 def _launch(directory: Path, timeout: float) -> SeaweedFS:
     data = directory / "data"
     data.mkdir(parents=True)
@@ -183,19 +217,12 @@ def _launch(directory: Path, timeout: float) -> SeaweedFS:
         "-volume.preStopSeconds=0",
         *(f"-{flag}={port}" for flag, port in zip(_PORT_FLAGS, ports, strict=True)),
     ]
-    with (directory / "weed.log").open("wb") as log:
-        process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=_server_env(directory), preexec_fn=_die_with_parent,
-        )
+    process = spawn(args, directory, log_mode="wb")
     s3_port = ports[_PORT_FLAGS.index("s3.port")]
     server = SeaweedFS(endpoint=f"http://127.0.0.1:{s3_port}", access_key=ACCESS_KEY,
                        secret_key=secret, directory=directory, process=process, ports=ports)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if _ready(server):
-            return server
-        time.sleep(0.2)
+    if wait_until_ready(server, timeout):
+        return server
     tail = server.log_tail()
     why = f"exited with {process.returncode}" if process.poll() is not None else (
         f"did not answer within {timeout:.0f} s")
@@ -224,12 +251,5 @@ def s3_server(tmp_path_factory) -> Iterator[SeaweedFS]:
         server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
-            mp.delenv(name, raising=False)
-        for name, value in server.env().items():
-            mp.setenv(name, value)
-        try:
-            yield server
-        finally:
-            server.stop()
+    with exported(server):
+        yield server
