@@ -667,13 +667,14 @@ def run_worker(plan: Plan, method: Method) -> None:
             metrics[f"best_{method.metric}"] = progress.best_value
             progress.next_epoch = epoch + 1
             progress.history.append(metrics)
-            _report(metrics, state, method, progress, rank)
-            if scalars is not None and improved:
-                if method.figures is not None:
+            # TensorBoard first: Tune may stop a trial as soon as it gets the report.
+            if scalars is not None:
+                if improved and method.figures is not None:
                     scalars.images(method.figures(val_sums, info), epoch)
-                if sample:
+                if improved and sample:
                     _explain(scalars, state, sample[0][:cfg.train.explain_images], epoch)
                 scalars.write(metrics, epoch)
+            _report(metrics, state, method, progress, rank)
     finally:
         if scalars is not None:
             scalars.close()

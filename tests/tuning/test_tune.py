@@ -115,6 +115,18 @@ def test_tensorboard_holds_per_trial_scalars_and_hparams(search):
     assert with_hparams == 4
 
 
+def test_each_trial_run_logs_every_epoch_it_ran_to_its_own_tensorboard(search):
+    """Also the last epoch of a trial that ASHA stopped or that reached max_t: the run
+    writes TensorBoard before it reports, since Tune may end the trial on the report."""
+    for row in _rows(search):
+        acc = EventAccumulator(str(search / "train" / row["trial_id"] / "tensorboard"),
+                               size_guidance={"scalars": 0, "images": 0})
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("accuracy/val")] == list(
+            range(1, int(row["epochs"]) + 1)), row
+        assert acc.Images("best/confusion"), row
+
+
 def test_caf_search_on_the_embedded_faces_reports_ccc(tmp_path):
     from ray_fer.data.synthetic import ensure_default_shards
 
