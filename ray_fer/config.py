@@ -25,9 +25,10 @@ import yaml
 
 from ray_fer.data.device_cache import CacheMode
 from ray_fer.data.stream import AugmentConfig
+from ray_fer.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration key is unknown or its value is invalid; the message names the key."""
 
 

@@ -21,6 +21,7 @@ import torch
 
 from ray_fer.config import ConfigError
 from ray_fer.data import stream
+from ray_fer.errors import UserError, print_error
 from ray_fer.storage import resolve
 from ray_fer.train import metrics as M
 from ray_fer.train.checkpoint import load_checkpoint, local_checkpoint
@@ -149,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         metrics, confusion = evaluate(args.checkpoint, data=args.data, split=args.split,
                                       fold=args.fold, tta=args.tta, endpoint=args.endpoint,
                                       batch_size=args.batch_size, device=args.device)
-    except (ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError) as exc:
+        return print_error(exc)
     out = args.out or default_out(args.checkpoint, args.split, args.fold)
     write_report(out, metrics, confusion, args.endpoint)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))

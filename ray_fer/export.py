@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
+from ray_fer.errors import UserError, print_error
 from ray_fer.models.registry import build_model, model_defaults
 from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
 
@@ -136,16 +137,22 @@ def _example(meta: ModelMeta, batch: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, meta.channels, meta.image_size, meta.image_size, generator=g) * 2 - 1
 
 
-def _written(path: Path, write) -> Path:
-    """Run ``write(tmp)`` and move the result to ``path``; nothing is left on failure."""
+def _write_checked(path: Path, write: Callable[[Path], float], what: str,
+                   tolerance: float) -> float:
+    """Run ``write(tmp)``, which writes a file and returns its difference from the eager
+    model, and move the file to ``path`` unless that difference is above ``tolerance``
+    (ValueError naming ``what``). Nothing is left behind on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     try:
-        write(tmp)
+        diff = write(tmp)
+        if not diff <= tolerance:
+            raise ValueError(f"{what} differs from eager PyTorch by {diff:.3g} "
+                             f"(> {tolerance}); the file was not written")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+    return diff
 
 
 def export_onnx(trained: Trained, path: str | Path, *, opset: int = ONNX_OPSET,
@@ -157,7 +164,7 @@ def export_onnx(trained: Trained, path: str | Path, *, opset: int = ONNX_OPSET,
 
     module = trained.model.cpu()
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> float:
         # A batch of 2 at trace time: a batch of 1 lets the tracer fold the batch size.
         with quiet_torchscript():
             torch.onnx.export(module, (_example(trained.meta, 2),), str(tmp), dynamo=False,
@@ -169,16 +176,9 @@ def export_onnx(trained: Trained, path: str | Path, *, opset: int = ONNX_OPSET,
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_KEY, trained.meta.to_json()
         onnx.save(proto, str(tmp))
-        diff = onnx_difference(module, tmp, trained.meta)
-        if not diff <= tolerance:
-            raise ValueError(f"ONNX export of {trained.meta.model} differs from PyTorch by "
-                             f"{diff:.3g} (> {tolerance}); the file was not written")
-        nonlocal difference
-        difference = diff
+        return onnx_difference(module, tmp, trained.meta)
 
-    difference = float("nan")
-    _written(Path(path), write)
-    return difference
+    return _write_checked(Path(path), write, f"ONNX export of {trained.meta.model}", tolerance)
 
 
 def relative_difference(got: np.ndarray, want: np.ndarray) -> float:
@@ -208,23 +208,16 @@ def export_torchscript(trained: Trained, path: str | Path, *, tolerance: float =
     (ValueError above ``tolerance``)."""
     module = trained.model.cpu()
 
-    def write(tmp: Path) -> None:
+    def write(tmp: Path) -> float:
         x = _example(trained.meta, 3, seed=1)
         with quiet_torchscript(), torch.no_grad():
             traced = torch.jit.trace(module, (_example(trained.meta, 2),))
             torch.jit.save(traced, str(tmp),
                            _extra_files={TORCHSCRIPT_META: trained.meta.to_json()})
-            diff = relative_difference(torch.jit.load(str(tmp))(x).numpy(),
-                                       module(x).numpy())
-        if not diff <= tolerance:
-            raise ValueError(f"TorchScript export of {trained.meta.model} differs from eager "
-                             f"PyTorch by {diff:.3g} (> {tolerance}); the file was not written")
-        nonlocal difference
-        difference = diff
+            return relative_difference(torch.jit.load(str(tmp))(x).numpy(), module(x).numpy())
 
-    difference = float("nan")
-    _written(Path(path), write)
-    return difference
+    return _write_checked(Path(path), write, f"TorchScript export of {trained.meta.model}",
+                          tolerance)
 
 
 def default_out(checkpoint: str, fmt: str) -> Path:
@@ -250,9 +243,8 @@ def main(argv: list[str] | None = None) -> int:
             diff = export_onnx(trained, out, opset=args.opset)
         else:
             diff = export_torchscript(trained, out)
-    except (CheckpointError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError) as exc:
+        return print_error(exc)
     print(f"wrote {out} ({args.format}, {trained.meta.model}, outputs "
           f"{', '.join(trained.meta.outputs)}); difference from PyTorch {diff:.2e}")
     return 0

@@ -27,8 +27,9 @@ import numpy as np
 
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
-from ray_fer.data.shards import FaceRow, Manifest, ShardError, ShardWriter, invalidate
+from ray_fer.data.shards import FaceRow, Manifest, ShardWriter, invalidate
 from ray_fer.data.splits import assign_folds, stratified_holdout
+from ray_fer.errors import UserError
 from ray_fer.storage import Location, StorageError, check_reachable, resolve
 
 #: (size, channels) of formats whose images are already face crops: kept as they are.
@@ -331,7 +332,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             reader_options=options, progress=not args.no_progress,
             holdout=_parse_holdout(args.holdout) if args.holdout else None,
         )
-    except (DatasetFormatError, StorageError, ShardError, ValueError) as exc:
+    except (UserError, ValueError) as exc:
         print(f"ingest failed: {exc} (no manifest written)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

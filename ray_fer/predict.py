@@ -36,6 +36,7 @@ from ray_fer.config import ConfigError
 from ray_fer.data.faces import MIN_FACE, FaceSpec, detect_faces, prepare_face
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
 from ray_fer.data.stream import normalise
+from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
 from ray_fer.train.checkpoint import CheckpointError
 
@@ -47,7 +48,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 ANNOTATED_DIR = "annotated"
 
 
-class PredictError(ValueError):
+class PredictError(UserError, ValueError):
     """A model or input that cannot be used; the message names the path and what to do."""
 
 
@@ -396,9 +397,8 @@ def main(argv: list[str] | None = None) -> int:
                           min_face=args.min_face, annotate_images=not args.no_annotate,
                           device=args.device, endpoint=args.endpoint,
                           progress=not args.quiet and sys.stderr.isatty())
-    except ValueError as exc:  # PredictError, and unreadable model descriptions
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError) as exc:  # also unreadable model descriptions
+        return print_error(exc)
     print(f"{summary.images} image(s)/frame(s), {summary.faces} face(s), "
           f"{summary.no_face} without a face, {summary.errors} unreadable; "
           f"wrote {os.path.join(args.out, PREDICTIONS_FILE)}")

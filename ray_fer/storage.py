@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
+from ray_fer.errors import UserError
 
-class StorageError(RuntimeError):
+
+class StorageError(UserError, RuntimeError):
     """A storage location cannot be reached or used; the message says what to do."""
 
 

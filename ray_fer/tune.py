@@ -28,7 +28,8 @@ from pathlib import Path
 import yaml
 
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
-from ray_fer.storage import Location, StorageError, resolve
+from ray_fer.errors import UserError, print_error
+from ray_fer.storage import Location, resolve
 from ray_fer.tuning.results import (
     export_checkpoint,
     results_csv,
@@ -41,6 +42,11 @@ from ray_fer.tuning.space import SearchSpace, load_search_space
 #: Search settings and their defaults (the YAML's ``search_settings`` and the flags win).
 DEFAULT_SETTINGS = {"num_samples": 8, "max_concurrent": 2, "grace_period": 1,
                     "reduction_factor": 2, "time_budget_s": None}
+#: Each setting's flag and lowest value (a reduction factor of 1 would keep every trial).
+SETTING_BOUNDS = {"num_samples": ("--num-samples", 1), "max_concurrent": ("--max-concurrent", 1),
+                  "grace_period": ("--grace-period", 1),
+                  "reduction_factor": ("--reduction-factor", 2),
+                  "time_budget_s": ("--time-budget", 1)}
 #: The base config of an experiment, saved at its start so --resume continues it unchanged.
 BASE_FILE = "base_config.yaml"
 #: CPU reserved by each trial's driver; its Train workers reserve their own resources.
@@ -120,12 +126,16 @@ def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
 
 
 def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
-    """Search settings: defaults < the YAML's ``search_settings`` < flags."""
+    """Search settings: defaults < the YAML's ``search_settings`` < flags; each checked
+    against its lower bound (ConfigError naming the flag)."""
     out = DEFAULT_SETTINGS | space.settings
     for key in DEFAULT_SETTINGS:
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
+    for key, (flag, low) in SETTING_BOUNDS.items():
+        if out[key] is not None and out[key] < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {out[key]}")
     return out
 
 
@@ -252,9 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         _connect(cfg)
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
                             resume=args.resume, max_failures=args.max_failures)
-    except (ConfigError, StorageError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return print_error(exc)
     grid = tuner.fit()
     print(summarize(grid, cfg, space, storage=args.storage, name=name))
     return 0 if any(r.error is None for r in grid) else 1

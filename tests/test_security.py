@@ -47,8 +47,9 @@ def test_secret_key_appears_in_no_output(keyed_s3, capsys):
     # A short path: Ray's socket paths must stay under the Unix limit.
     ray_dir = Path(tempfile.mkdtemp(prefix="rf-sec-"))
     try:
-        assert ingest.main(["synthetic", "default", "--out", data, "--folds", "2",
-                            "--size", "32", "--channels", "1", "--no-progress"]) == 0
+        ingest.ingest("synthetic", "default", data, size=32, channels=1, folds=2, workers=1,
+                      progress=False, reader_options={"subjects": 8, "images_per_subject": 40,
+                                                      "size": 32})
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(ray_dir))
         assert train_cli.main(["deep_emotion", "--data", data, "--storage", runs,
                                "--name", "leak-check", "--epochs", "1",

@@ -41,6 +41,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ray_fer.errors import UserError
+
 #: Environment variable whose value marks every process of one node.
 MARKER = "RAY_FER_LOCAL_NODE"
 LOOPBACK = "127.0.0.1"
@@ -55,7 +57,7 @@ SLOW_MACHINE_ENV = {
 }
 
 
-class ClusterError(RuntimeError):
+class ClusterError(UserError, RuntimeError):
     """A node did not come up; the message holds the tail of its output."""
 
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ray_fer.errors import UserError
 from ray_fer.storage import Location, StorageError
 
 SCHEMA_VERSION = 1
@@ -35,7 +36,7 @@ SHARD_PATTERN = "shard-{:05d}.parquet"
 TARGET_SHARD_BYTES = 64 * 2**20
 
 
-class ShardError(RuntimeError):
+class ShardError(UserError, RuntimeError):
     """A shard prefix is missing, incomplete or corrupt; the message names the file."""
 
 

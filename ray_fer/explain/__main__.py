@@ -30,6 +30,7 @@ import torch
 from ray_fer.config import ConfigError
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import SourceItem
+from ray_fer.errors import UserError, print_error
 from ray_fer.explain.run import (
     METHODS,
     ExplainOptions,
@@ -45,7 +46,6 @@ from ray_fer.explain.run import (
 from ray_fer.export import Trained, load_trained
 from ray_fer.predict import PredictError, list_images, read_image
 from ray_fer.reports.saliency import class_average_grid, png_bytes, saliency_grid
-from ray_fer.train.checkpoint import CheckpointError
 
 
 def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarray, list[str]]:
@@ -163,9 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             data = args.data or resolve_data_uri(trained.cfg)
             explain_split(trained, subject, data, args.split, out, methods=methods,
                           per_class=args.per_class, options=options, endpoint=args.endpoint)
-    except (CheckpointError, ConfigError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, ValueError) as exc:
+        return print_error(exc)
     print(f"wrote {out}")
     return 0
 

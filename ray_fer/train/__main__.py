@@ -20,6 +20,7 @@ import json
 import sys
 
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, read_yaml
+from ray_fer.errors import UserError, print_error
 
 #: First-class flags → dotted config keys.
 FLAGS = {
@@ -125,9 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return print_error(exc)
     from ray_fer.train.loop import cross_validate, train
 
     try:
@@ -138,9 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"over {summary['k']} folds")
             return 0
         outcome = train(cfg)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:
+        return print_error(exc)
     print(json.dumps({"run": outcome.run_uri, "best_checkpoint": outcome.best_checkpoint,
                       "latest_checkpoint": outcome.latest_checkpoint,
                       "metrics": outcome.metrics}, indent=2))

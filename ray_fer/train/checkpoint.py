@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ray_fer.config import Config
+from ray_fer.errors import UserError
 from ray_fer.storage import resolve
 from ray_fer.train.steps import DataInfo
 
@@ -34,7 +35,7 @@ CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint folder is missing or incomplete; the message names it."""
 
 

@@ -80,8 +80,6 @@ def test_train_refuses_bad_values_before_ray_starts(flags, message, tmp_path, ca
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="train/__main__.py catches only ConfigError: the "
-                   "ShardError/StorageError of plan_run escape as a traceback (reported)")
 def test_train_refuses_a_prefix_without_manifest_before_ray_starts(tmp_path, capsys):
     code, err = _run(train_cli.main, ["deep_emotion", "--data", str(tmp_path / "nothing"),
                                       "--storage", str(tmp_path / "runs")], capsys)
@@ -92,6 +90,13 @@ TUNE = [
     (["--space", "/nonexistent/space.yaml"], "space.yaml"),
     (["--max-failures", "-1"], "--max-failures must be >= 0"),
     (["--set", "optim.lr=-1"], "optim.lr"),
+    (["--epochs", "0"], "train.epochs"),
+    (["--workers-per-trial", "0"], "resources.workers"),
+    (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
+    (["--grace-period", "0"], "--grace-period must be >= 1"),
+    (["--reduction-factor", "1"], "--reduction-factor must be >= 2"),
+    (["--time-budget", "0"], "--time-budget must be >= 1"),
 ]
 
 
@@ -115,8 +120,6 @@ def test_evaluate_refuses_bad_values(argv, message, tmp_path, capsys):
     assert code != 0 and message in err
 
 
-@pytest.mark.xfail(strict=True, reason="evaluate.main catches ConfigError/ValueError only: "
-                   "CheckpointError (a RuntimeError) escapes as a traceback (reported)")
 def test_evaluate_refuses_a_missing_checkpoint(capsys):
     code, err = _run(evaluate.main, ["/nonexistent/checkpoint_epoch-0001"], capsys)
     assert code != 0 and "not a ray_fer checkpoint" in err

@@ -117,20 +117,30 @@ def test_tensorboard_holds_per_trial_scalars_and_hparams(search):
 
 def test_each_trial_run_logs_every_epoch_it_ran_to_its_own_tensorboard(search):
     """Also the last epoch of a trial that ASHA stopped or that reached max_t: the run
-    writes TensorBoard before it reports, since Tune may end the trial on the report."""
+    writes TensorBoard before it reports, since Tune may end the trial on the report.
+    (A stopped trial may finish one more epoch before its worker is killed.)"""
     for row in _rows(search):
         acc = EventAccumulator(str(search / "train" / row["trial_id"] / "tensorboard"),
                                size_guidance={"scalars": 0, "images": 0})
         acc.Reload()
-        assert [e.step for e in acc.Scalars("accuracy/val")] == list(
-            range(1, int(row["epochs"]) + 1)), row
+        steps = [e.step for e in acc.Scalars("accuracy/val")]
+        epochs = int(row["epochs"])
+        assert steps[:epochs] == list(range(1, epochs + 1)) and len(steps) <= epochs + 1, row
         assert acc.Images("best/confusion"), row
 
 
-def test_caf_search_on_the_embedded_faces_reports_ccc(tmp_path):
-    from ray_fer.data.synthetic import ensure_default_shards
+def _synthetic_faces(out: Path, *, size: int, channels: int, images_per_subject: int) -> str:
+    """Six synthetic subjects (with V/A) split by subject: a few seconds of training."""
+    from ray_fer.ingest import ingest
 
-    data = ensure_default_shards(tmp_path / "cache", size=48, channels=1)
+    ingest("synthetic", "default", str(out), size=size, channels=channels, folds=1, workers=1,
+           progress=False, reader_options={"subjects": 6, "size": size,
+                                           "images_per_subject": images_per_subject})
+    return str(out)
+
+
+def test_caf_search_reports_ccc_and_shows_each_trials_va_agreement(tmp_path):
+    data = _synthetic_faces(tmp_path / "faces", size=48, channels=1, images_per_subject=28)
     try:
         assert main(["caf", "--data", data, "--storage", str(tmp_path), "--name", "caf",
                      "--num-samples", "2", "--max-concurrent", "2", "--epochs", "1",
@@ -150,12 +160,7 @@ def test_caf_search_on_the_embedded_faces_reports_ccc(tmp_path):
 
 def test_face_ae_search_ranks_trials_by_pair_error_and_flags_override_fixed_settings(
         tmp_path):
-    from ray_fer.ingest import ingest
-
-    data = str(tmp_path / "faces")
-    ingest("synthetic", "default", data, size=64, channels=3, folds=1, workers=1,
-           progress=False, reader_options={"subjects": 6, "images_per_subject": 21,
-                                           "size": 64})
+    data = _synthetic_faces(tmp_path / "faces", size=64, channels=3, images_per_subject=21)
     try:
         # --set beats the space's fixed batch size (64 would not fit the 84 train rows).
         assert main(["face_ae", "--data", data, "--storage", str(tmp_path), "--name", "ae",
@@ -181,7 +186,7 @@ def _finished_trials(exp: Path, epochs: int) -> list[Path]:
 
 def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, space_file,
                                                                       tmp_path):
-    args = _args(shards, space_file, tmp_path, "killed", "--num-samples", "3",
+    args = _args(shards, space_file, tmp_path, "killed", "--num-samples", "2",
                  "--max-concurrent", "1", "--epochs", "2")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "ray_fer.tune", *args], cwd=tmp_path,
@@ -205,6 +210,6 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, sp
     finally:
         ray.shutdown()
     rows = _rows(exp)
-    assert len(rows) == 3
+    assert len(rows) == 2
     for trial, text in before.items():
         assert trial.joinpath("result.json").read_text() == text, f"{trial.name} re-ran"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from ray_fer.data.formats.base import DatasetFormatError
+from ray_fer.data.formats.base import DatasetFormatError, require_columns
 
 
 def utf8_lines(path: Path) -> Iterator[str]:
@@ -60,6 +61,37 @@ class CsvRows:
             raise DatasetFormatError(
                 f"{self.path}, line {self._rows.line_num}: malformed CSV ({exc})"
             ) from None
+
+
+@dataclass(frozen=True)
+class CsvRecord:
+    """One data row of a CSV file with a header."""
+
+    #: ``"<file>, line <n>"``, the start of every error about this row.
+    where: str
+    line: int
+    #: Header column (stripped) → the row's raw cell.
+    fields: dict[str, str]
+
+
+def csv_records(path: Path, needed: Sequence[str]) -> Iterator[CsvRecord]:
+    """The rows of a headed CSV file as column → cell; blank rows are skipped.
+
+    The header is stripped (some copies write "emotion, Usage, pixels"). A missing
+    ``needed`` column or a row whose field count differs from the header's raises
+    DatasetFormatError naming the file and line.
+    """
+    rows = CsvRows(path)
+    header = [h.strip() for h in next(rows, [])]
+    require_columns(path, header, needed)
+    index = {c: header.index(c) for c in header}  # a repeated column: its first occurrence
+    for row in rows:
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path}, line {rows.line_num}"
+        if len(row) != len(header):
+            raise DatasetFormatError(f"{where}: {len(row)} fields, the header has {len(header)}")
+        yield CsvRecord(where, rows.line_num, {c: row[i] for c, i in index.items()})
 
 
 def read_utf8(path: Path) -> str:

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ray_fer.data.formats._labels import CsvRows, parse_float
+from ray_fer.data.formats._labels import csv_records, parse_float
 from ray_fer.data.formats.base import (
     DatasetFormatError,
     SourceItem,
     decode_image,
     listed_path,
-    require_columns,
 )
 
 #: Canonical split → the CSV that lists it.
@@ -84,19 +83,10 @@ class AffectNet:
                 yield from self._rows(path, prefix, split)
 
     def _rows(self, path: Path, prefix: str, split: str) -> Iterator[SourceItem]:
-        rows = CsvRows(path)
-        header = [h.strip() for h in next(rows, [])]
-        require_columns(path, header, COLUMNS)
-        index = [header.index(c) for c in COLUMNS]
-        for row in rows:
-            if not row:
-                continue
-            where = f"{path}, line {rows.line_num}"
-            if len(row) != len(header):
-                raise DatasetFormatError(
-                    f"{where}: {len(row)} fields, the header has {len(header)}"
-                )
-            file, x, y, w, h, expression, valence, arousal = (row[i].strip() for i in index)
+        for record in csv_records(path, COLUMNS):
+            where = record.where
+            file, x, y, w, h, expression, valence, arousal = (
+                record.fields[c].strip() for c in COLUMNS)
             source = prefix + listed_path(file, where)
             label = _expression(expression, where)
             if label in NOT_EMOTIONS:

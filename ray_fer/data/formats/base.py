@@ -18,13 +18,15 @@ from typing import Protocol
 
 import numpy as np
 
+from ray_fer.errors import UserError
+
 #: Canonical split names in shards. Official names are kept in the manifest's
 #: ``split_source`` (e.g. FER2013 ``PublicTest`` → ``val``).
 SPLITS = ("train", "val", "test")
 NAN = math.nan
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(UserError, ValueError):
     """Input does not match the published layout; the message names file and column."""
 
 

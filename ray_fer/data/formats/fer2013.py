@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from ray_fer.data.formats._folders import class_images, relative_posix, subfolders
-from ray_fer.data.formats._labels import CsvRows
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image, require_columns
+from ray_fer.data.formats._labels import csv_records
+from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
 
 #: Kaggle's emotion index order 0..6.
 CLASS_NAMES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
@@ -44,32 +44,21 @@ class Fer2013Csv:
     def scan(self, root: Path) -> Iterator[SourceItem]:
         path = _csv_path(Path(root))
         name = path.name if path == Path(root) else relative_posix(Path(root), path)
-        rows = CsvRows(path)
-        # Some copies write the header as "emotion, Usage, pixels".
-        header = [h.strip() for h in next(rows, [])]
-        require_columns(path, header, self.columns)
-        col = {c: header.index(c) for c in self.columns}
-        for row in rows:
-            if not row:
-                continue
-            where = f"{path}, line {rows.line_num}"
-            if len(row) != len(header):
-                raise DatasetFormatError(
-                    f"{where}: {len(row)} fields, the header has {len(header)}"
-                )
-            label = _parse_label(row[col["emotion"]], where)
-            usage = row[col["Usage"]].strip()
+        for record in csv_records(path, self.columns):
+            row, where = record.fields, record.where
+            label = _parse_label(row["emotion"], where)
+            usage = row["Usage"].strip()
             if usage not in USAGE_SPLITS:
                 raise DatasetFormatError(
                     f"{where}, column 'Usage': unknown value {usage!r}; expected one of "
                     f"{', '.join(USAGE_SPLITS)}"
                 )
             yield SourceItem(
-                source_file=f"{name}:{rows.line_num}",
+                source_file=f"{name}:{record.line}",
                 label=label,
                 label_name=CLASS_NAMES[label],
                 split=USAGE_SPLITS[usage],
-                pixels=_parse_pixels(row[col["pixels"]], where),
+                pixels=_parse_pixels(row["pixels"], where),
             )
 
     def load(self, root: Path, item: SourceItem) -> np.ndarray:

@@ -21,13 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ray_fer.data.formats._labels import CsvRows, emotion_soft_label, parse_float
+from ray_fer.data.formats._labels import csv_records, emotion_soft_label, parse_float
 from ray_fer.data.formats.base import (
     NAN,
     DatasetFormatError,
     SourceItem,
     decode_image,
-    require_columns,
 )
 from ray_fer.data.formats.fer2013 import CLASS_NAMES
 from ray_fer.data.targets import derived_targets_note, taiwanese_va
@@ -104,27 +103,17 @@ class Taiwanese:
         path = Path(root) / INFO_FILE
         if not path.is_file():
             return {}
-        rows = CsvRows(path)
-        header = [h.strip() for h in next(rows, [])]
-        require_columns(path, header, ("file_name", *SHARE_COLUMNS, *INTENSITY_COLUMNS))
-        col = {c: header.index(c) for c in header}
         ratings: dict[str, ObserverRatings] = {}
-        for row in rows:
-            if not any(cell.strip() for cell in row):
-                continue
-            where = f"{path}, line {rows.line_num}"
-            if len(row) != len(header):
-                raise DatasetFormatError(
-                    f"{where}: {len(row)} fields, the header has {len(header)}"
-                )
-            values = {c: parse_float(row[col[c]], where, c)
+        for record in csv_records(path, ("file_name", *SHARE_COLUMNS, *INTENSITY_COLUMNS)):
+            row, where = record.fields, record.where
+            values = {c: parse_float(row[c], where, c)
                       for c in (*SHARE_COLUMNS, *INTENSITY_COLUMNS)}
             bad = [c for c in SHARE_COLUMNS if not 0 <= values[c] <= 1]
             if bad:
                 raise DatasetFormatError(
                     f"{where}, column {bad[0]!r}: share {values[bad[0]]} outside 0-1"
                 )
-            ratings[row[col["file_name"]].strip()] = ObserverRatings(
+            ratings[row["file_name"].strip()] = ObserverRatings(
                 tuple(values[c] for c in SHARE_COLUMNS),
                 tuple(values[c] for c in INTENSITY_COLUMNS),
             )

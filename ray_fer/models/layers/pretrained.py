@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torchvision.models import WeightsEnum
 
+from ray_fer.errors import UserError
+
 PRETRAINED_CHOICES = ("imagenet", None)
 
 
-class PretrainedWeightsUnavailable(RuntimeError):
+class PretrainedWeightsUnavailable(UserError, RuntimeError):
     """ImageNet weights were asked for but could not be read from cache or downloaded."""
 
 
