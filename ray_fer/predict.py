@@ -198,9 +198,14 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (by suffix), sorted; PredictError when there are none."""
+    """Image files below ``folder`` (by suffix), sorted; PredictError when there are none.
+
+    Only files inside ``folder`` count: a symlink that leads out of it is not followed.
+    """
+    root = folder.resolve()
     found = sorted(p for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.resolve().is_relative_to(root))
     if not found:
         raise PredictError(f"{folder}: no images found (looked for "
                            f"{', '.join(sorted(IMAGE_SUFFIXES))} files, recursively)")

@@ -3,12 +3,17 @@
 Every test model is tiny: torch's intra-op threads gain nothing on it, and on a 2-core
 machine their spin-waiting multiplies wall time (20x measured). One thread per process,
 set before torch loads so Ray's worker processes inherit it too.
+
+Ray Train's controller polls its workers every 2 s, and each epoch's report and a run's
+end wait for a poll: with test epochs of well under a second that wait is most of a
+run's time, so the tests' Ray processes poll every 0.25 s.
 """
 
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import torch  # noqa: E402
 from support.datasets import real_dataset  # noqa: E402, F401

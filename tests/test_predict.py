@@ -17,6 +17,7 @@ from ray_fer.predict import (
     ANNOTATED_DIR,
     PREDICTIONS_FILE,
     PredictError,
+    list_images,
     load_predictor,
     main,
     predict,
@@ -129,3 +130,16 @@ def test_a_non_image_file_and_an_empty_folder_are_clear_errors(checkpoint, tmp_p
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
     with pytest.raises(PredictError, match="no such model file"):
         load_predictor(str(tmp_path / "missing.onnx"))
+
+
+def test_a_folder_run_lists_no_file_a_symlink_leads_out_of_the_folder_to(tmp_path):
+    inside, outside = tmp_path / "photos", tmp_path / "private"
+    inside.mkdir()
+    outside.mkdir()
+    pixels = np.full((64, 64, 3), 128, np.uint8)
+    cv2.imwrite(str(inside / "a.png"), pixels)
+    cv2.imwrite(str(outside / "secret.png"), pixels)
+    (inside / "b.png").symlink_to(outside / "secret.png")
+    (inside / "nested").symlink_to(outside, target_is_directory=True)
+    (inside / "c.png").symlink_to(inside / "a.png")  # stays inside: listed
+    assert list_images(inside) == [inside / "a.png", inside / "c.png"]

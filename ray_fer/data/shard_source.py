@@ -24,7 +24,13 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
-from ray_fer.data.shards import Manifest, ShardError, decode_images, read_manifest
+from ray_fer.data.shards import (
+    Manifest,
+    ShardError,
+    check_shard_data,
+    decode_images,
+    read_manifest,
+)
 from ray_fer.storage import resolve, s3_endpoint
 
 #: Columns every dataset from :func:`open_split` can produce, decoded from the stored ones.
@@ -117,6 +123,9 @@ class _ShardRead:
     endpoint: str | None
     shard_index: int
     file: str
+    #: The manifest's sha256 and size of the file: a damaged shard fails its read.
+    sha256: str
+    bytes: int
     image_shape: tuple[int, int, int]
     num_classes: int
     columns: tuple[str, ...]
@@ -132,8 +141,12 @@ class _ShardRead:
         filtered = self.splits is not None or self.folds is not None or (
             self.exclude_folds is not None)
         try:
-            # pre_buffer coalesces the column-chunk reads of a row group (fewer S3 requests).
-            pf = pq.ParquetFile(loc.fs.open_input_file(path), pre_buffer=True)
+            # One whole-file read (a single GET on S3), checked against the manifest before
+            # Parquet sees it: a flipped pixel bit would otherwise decode silently.
+            with loc.fs.open_input_stream(path) as f:
+                data = f.read()
+            check_shard_data(loc.child_uri(self.file), data, self.sha256, self.bytes)
+            pf = pq.ParquetFile(pa.BufferReader(data))
         except (OSError, pa.ArrowInvalid) as exc:
             raise ShardError(f"{loc.child_uri(self.file)}: listed in the manifest but "
                              f"unreadable ({exc})") from exc
@@ -249,7 +262,8 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
     row_bytes = math.prod(shape)
     reads = [
         _ShardRead(uri=loc.uri, endpoint=s3_endpoint(endpoint) if loc.is_s3 else None,
-                   shard_index=i, file=s.file, image_shape=shape,
+                   shard_index=i, file=s.file, sha256=s.sha256, bytes=s.bytes,
+                   image_shape=shape,
                    num_classes=manifest.num_classes, columns=columns,
                    splits=tuple(splits) if splits is not None else None,
                    folds=tuple(int(f) for f in folds) if folds is not None else None,

@@ -325,12 +325,15 @@ def verify_shards(loc: Location, manifest: Manifest) -> None:
         except (FileNotFoundError, OSError) as exc:
             raise ShardError(f"{loc.child_uri(s.file)}: listed in the manifest but unreadable "
                              f"({exc})") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != s.bytes or digest != s.sha256:
-            raise ShardError(
-                f"{loc.child_uri(s.file)}: corrupt (sha256 {digest[:12]}…, {len(data)} bytes; "
-                f"manifest says {s.sha256[:12]}…, {s.bytes} bytes). Re-run ingest."
-            )
+        check_shard_data(loc.child_uri(s.file), data, s.sha256, s.bytes)
+
+
+def check_shard_data(uri: str, data: bytes, sha256: str, size: int) -> None:
+    """Raise ShardError naming ``uri`` unless ``data`` has the manifest's size and sha256."""
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != size or digest != sha256:
+        raise ShardError(f"{uri}: corrupt (sha256 {digest[:12]}…, {len(data)} bytes; manifest "
+                         f"says {sha256[:12]}…, {size} bytes). Re-run ingest.")
 
 
 def decode_images(column: pa.Array | pa.ChunkedArray, image_shape: Sequence[int]) -> np.ndarray:

@@ -33,6 +33,8 @@ from ray_fer.train.steps import DataInfo
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
+#: The files of every checkpoint folder.
+CHECKPOINT_FILES = (STATE_FILE, CONFIG_FILE, META_FILE)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -108,7 +110,7 @@ def save_checkpoint(directory: str | Path, *, cfg: Config, info: DataInfo,
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
     """Read a local checkpoint folder written by :func:`save_checkpoint`."""
     directory = Path(directory)
-    for name in (STATE_FILE, CONFIG_FILE, META_FILE):
+    for name in CHECKPOINT_FILES:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a ray_fer checkpoint ({name} missing)")
     import yaml

@@ -26,12 +26,14 @@ Resume: Ray Train hands the latest checkpoint of a run back through
 (``--resume``) or when the worker group restarts after a failure (``run.max_failures``);
 the loop loads modules, optimizers, schedulers and progress and continues at the next
 epoch. Augmentation and local shuffling are seeded by (seed, epoch, rank) and the
-stream's block order by Ray Data's execution index, which the driver sets to the epoch
-the run resumes at, so a resumed run on one CPU worker reproduces an uninterrupted one.
+stream's block order by Ray Data's execution index, which is set to the epoch the
+workers resume at each time Ray Train starts a worker group (also after a failure), so a
+resumed or restarted run on one CPU worker reproduces an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import itertools
 import json
@@ -58,6 +60,7 @@ from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
 from ray_fer.data.shards import read_manifest
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
+    CHECKPOINT_FILES,
     META_FILE,
     Progress,
     copy_folder,
@@ -147,15 +150,50 @@ def with_run_name(cfg: Config) -> Config:
 
 
 def latest_checkpoint_epoch(run: Location) -> int | None:
-    """Epoch of the newest complete checkpoint folder of ``run`` (None when there is none)."""
+    """Epoch of the newest complete checkpoint folder of ``run`` (None when there is none).
+
+    Complete: it holds every file a checkpoint has; an upload cut short (the files of a
+    folder are copied in no set order) leaves one that does not count.
+    """
     selector = pafs.FileSelector(run.path, allow_not_found=True)
     epochs = []
     for item in run.fs.get_file_info(selector):
         if item.type == pafs.FileType.Directory and item.base_name.startswith(CHECKPOINT_PREFIX):
-            meta = run.fs.get_file_info(run.join(item.base_name, META_FILE))
-            if meta.type == pafs.FileType.File:
+            files = run.fs.get_file_info([run.join(item.base_name, name)
+                                          for name in CHECKPOINT_FILES])
+            if all(f.type == pafs.FileType.File for f in files):
                 epochs.append(int(item.base_name[len(CHECKPOINT_PREFIX):]))
     return max(epochs) if epochs else None
+
+
+#: Ray Train's record of the checkpoints it registered, in the run folder (Ray 2.60).
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def resumed_epoch(run: Location, planned: int) -> int:
+    """The epoch a worker group that starts now resumes at: one past the checkpoint Ray
+    Train registered last (the one ``ray.train.get_checkpoint()`` hands back, read from
+    Ray Train's snapshot), else ``planned``."""
+    try:
+        with run.fs.open_input_stream(run.join(TRAIN_SNAPSHOT)) as f:
+            latest = json.loads(f.read().decode()).get("latest_checkpoint_result") or {}
+    except (FileNotFoundError, json.JSONDecodeError):
+        return planned
+    name = latest.get("checkpoint_dir_name", "")
+    if not name.startswith(CHECKPOINT_PREFIX):
+        return planned
+    return int(name[len(CHECKPOINT_PREFIX):]) + 1
+
+
+def _train_from_resumed_epoch(train, run_uri: str, endpoint: str | None, planned: int):
+    """The training dataset with Ray Data's execution index at :func:`resumed_epoch`.
+
+    Ray Train calls this factory at every worker-group start: after a worker failure the
+    new group resumes at a later epoch than the driver planned, and the stream's block
+    order must follow that epoch, not the index of the group that died.
+    """
+    train.context._execution_idx = resumed_epoch(resolve(run_uri, endpoint), planned)
+    return train
 
 
 def plan_run(cfg: Config) -> tuple[Method, Plan]:
@@ -225,8 +263,9 @@ def _datasets(cfg: Config, plan: Plan, method: Method) -> dict:
     train = stream.apply_data_augmentation(train, cfg.augment)
     # The stream draws each epoch's block order from (seed, Ray Data's execution index);
     # starting the index at the resumed epoch gives the order an uninterrupted run had.
-    train.context._execution_idx = plan.start_epoch
-    return {"train": train, "val": val}
+    return {"train": functools.partial(_train_from_resumed_epoch, train, plan.run_uri,
+                                       cfg.data.endpoint, plan.start_epoch),
+            "val": val}
 
 
 def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | None = None,
@@ -611,10 +650,12 @@ def run_worker(plan: Plan, method: Method) -> None:
             loaded = load_checkpoint(folder, map_location=device)
         loaded.restore(state.modules, state.optimizers, state.schedulers)
         progress = loaded.progress
-        if progress.next_epoch != plan.start_epoch:
-            log.warning("resuming at epoch %d but the driver planned %d: the data order of "
-                        "the remaining epochs differs from an uninterrupted run",
-                        progress.next_epoch, plan.start_epoch)
+        # The training dataset's factory read the same record when this group started.
+        ordered = resumed_epoch(resolve(plan.run_uri, cfg.data.endpoint), plan.start_epoch)
+        if progress.next_epoch != ordered:
+            log.warning("resuming at epoch %d but the stream was ordered for epoch %d: the "
+                        "data order of the remaining epochs differs from an uninterrupted run",
+                        progress.next_epoch, ordered)
     state.train_modules = {k: wrap_module(m, cfg, device, world) for k, m in state.modules.items()}
     # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
     group = dist.new_group(backend="gloo") if world > 1 else None

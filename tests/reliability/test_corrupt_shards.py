@@ -71,3 +71,25 @@ def test_missing_shard_is_named(tmp_path):
     with pytest.raises(ShardError, match="unreadable") as failure:
         verify_shards(loc, read_manifest(loc))
     assert loc.child_uri(DAMAGED) in str(failure.value)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("where", [_local, _on_s3], ids=["local", "s3"])
+def test_streaming_a_bit_flipped_shard_fails_naming_it(where, tmp_path, s3_server, local_ray):
+    """Training reads check each shard against the manifest as they read it."""
+    from ray_fer.data.shard_source import open_split
+
+    uri = where(tmp_path, s3_server)
+    _damage(uri, "bit-flipped")
+    ds, _ = open_split(uri, splits=["train"])
+    with pytest.raises(Exception, match="corrupt") as failure:  # noqa: B017 - Ray wraps it
+        ds.take_all()
+    assert resolve(uri).child_uri(DAMAGED) in str(failure.value)
