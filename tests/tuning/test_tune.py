@@ -9,6 +9,7 @@ import contextlib
 import csv
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -213,3 +214,15 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, sp
     assert len(rows) == 2
     for trial, text in before.items():
         assert trial.joinpath("result.json").read_text() == text, f"{trial.name} re-ran"
+    # The Optuna study kept its history: the trials finished before the kill are in it,
+    # complete, with the value they reported (the searcher's saved state: OptunaSearch
+    # pickles its attributes, the study among them).
+    state_file = max(exp.glob("searcher-state-*.pkl"), key=lambda f: f.stat().st_mtime)
+    study = pickle.loads(state_file.read_bytes())["_ot_study"]
+    assert len(study.trials) == 2
+    for trial in before:
+        last = json.loads(trial.joinpath("result.json").read_text().splitlines()[-1])
+        kept = [t for t in study.trials
+                if t.params["optim.lr"] == pytest.approx(last["config"]["optim.lr"])]
+        assert len(kept) == 1 and kept[0].state.name == "COMPLETE", study.trials
+        assert kept[0].value == pytest.approx(last["val_accuracy"])
