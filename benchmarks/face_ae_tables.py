@@ -72,8 +72,10 @@ class Faces:
         return np.flatnonzero(np.isfinite(self.va).all(1))
 
 
-def load_split(uri: str, split: str, endpoint: str | None = None) -> Faces:
-    """The rows of ``split`` of the shard prefix ``uri``."""
+def load_split(uri: str, split: str, endpoint: str | None = None, fold: int | None = None,
+               in_fold: bool = True) -> Faces:
+    """The rows of ``split`` of the shard prefix ``uri``; with ``fold``, only the rows of
+    that fold (``in_fold``) or only the others (a subject-disjoint train/test pair)."""
     loc = resolve(uri, endpoint)
     manifest = read_manifest(loc)
     height, width, channels = manifest.image_shape
@@ -85,8 +87,12 @@ def load_split(uri: str, split: str, endpoint: str | None = None) -> Faces:
     parts, subjects, va = [], [], []
     for shard in manifest.shards:
         table = pq.read_table(loc.join(shard.file), filesystem=loc.fs,
-                              columns=["image", "subject_id", "valence", "arousal", "split"])
-        table = table.filter(np.asarray(table["split"].to_numpy(zero_copy_only=False)) == split)
+                              columns=["image", "subject_id", "valence", "arousal", "split",
+                                       "fold"])
+        keep = np.asarray(table["split"].to_numpy(zero_copy_only=False)) == split
+        if fold is not None:
+            keep &= (table["fold"].to_numpy(zero_copy_only=False) == fold) == in_fold
+        table = table.filter(keep)
         parts.append(torch.from_numpy(decode_images(table["image"], manifest.image_shape))
                      .permute(0, 3, 1, 2).contiguous())
         subjects.append(table["subject_id"].to_numpy(zero_copy_only=False))
@@ -207,6 +213,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ae-data", help="shard prefix for the autoencoder (default --data)")
     p.add_argument("--train-split", default="train")
     p.add_argument("--eval-split", default="val")
+    p.add_argument("--eval-fold", type=int,
+                   help="evaluate on this fold of --train-split and train on its other folds "
+                        "(subject-disjoint where the folds are; ignores --eval-split)")
     p.add_argument("--endpoint", help="S3 endpoint URL")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=50, help="regressor epochs")
@@ -234,8 +243,14 @@ def run(args: argparse.Namespace) -> str:
     if args.pretrained == "none":
         args.pretrained = None
     device = torch.device(args.device)
-    train = load_split(args.data, args.train_split, args.endpoint)
-    test = load_split(args.data, args.eval_split, args.endpoint)
+    if args.eval_fold is None:
+        train = load_split(args.data, args.train_split, args.endpoint)
+        test = load_split(args.data, args.eval_split, args.endpoint)
+        held_out = args.eval_split
+    else:
+        train, test = (load_split(args.data, args.train_split, args.endpoint, args.eval_fold,
+                                  in_fold) for in_fold in (False, True))
+        held_out = f"fold-{args.eval_fold}"
     ae_data = train if not args.ae_data else load_split(args.ae_data, args.train_split,
                                                         args.endpoint)
     if ae_data.images.shape[1:] != train.images.shape[1:]:
@@ -253,7 +268,7 @@ def run(args: argparse.Namespace) -> str:
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     targets = "derived V/A" if train.derived else "V/A"
     return markdown(results, f"{args.data} ({targets}), {len(train.labelled)} training / "
-                             f"{len(test.labelled)} {args.eval_split} faces, "
+                             f"{len(test.labelled)} {held_out} faces, "
                              f"{args.seeds} seed(s), {args.epochs} epochs")
 
 

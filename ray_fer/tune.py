@@ -28,6 +28,8 @@ from pathlib import Path
 import yaml
 
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
+from ray_fer.data.shards import read_manifest
+from ray_fer.data.targets import targets_label
 from ray_fer.errors import UserError, print_error
 from ray_fer.storage import Location, resolve
 from ray_fer.tuning.results import (
@@ -191,7 +193,8 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
         return tune.Tuner.restore(exp.path, trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=exp.fs)
     searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed),
-                            metric=method.metric, mode=method.mode)
+                            metric=method.metric, mode=method.mode,
+                            points_to_evaluate=list(space.start_points) or None)
     return tune.Tuner(
         trainable,
         param_space=space.param_space(),
@@ -220,9 +223,12 @@ def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str)
     rows = trial_rows(grid, metric=method.metric, mode=method.mode, epochs=cfg.train.epochs,
                       param_keys=keys)
     write_text(exp, "results.csv", results_csv(rows, method.metric, keys))
+    targets = targets_label(read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
+    on = f" on {targets}" if targets else ""
     table = results_markdown(rows, method.metric, keys)
-    write_text(exp, "results.md", table)
-    lines = [f"search {name}: {len(rows)} trials, metric {method.metric} ({method.mode})", table]
+    write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)
+    lines = [f"search {name}: {len(rows)} trials, metric {method.metric} ({method.mode}){on}",
+             table]
     best = rows[0] if rows and rows[0].checkpoint else None
     if best is None:
         lines.append("no trial reported a checkpoint")

@@ -91,6 +91,11 @@ def anchor_matrix(class_names: Sequence[str]) -> np.ndarray:
     return np.array([VA_ANCHORS[anchor_name(c)] for c in class_names], dtype=np.float64)
 
 
+def targets_label(targets: dict) -> str:
+    """What reports print about a manifest's ``targets``: "derived V/A" or nothing."""
+    return "derived V/A" if targets.get("valence_arousal") == "derived" else ""
+
+
 def derived_targets_note() -> dict[str, object]:
     """What a manifest's ``targets`` records about V/A derived by this module."""
     return {

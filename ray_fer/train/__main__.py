@@ -134,15 +134,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.fold == "all":
             summary = cross_validate(cfg)
             print(json.dumps(summary, indent=2))
+            on = f" ({summary['targets']})" if summary["targets"] else ""
             print(f"{summary['metric']}: {summary['mean']:.4f} ± {summary['std']:.4f} "
-                  f"over {summary['k']} folds")
+                  f"over {summary['k']} folds{on}")
             return 0
         outcome = train(cfg)
     except UserError as exc:
         return print_error(exc)
-    print(json.dumps({"run": outcome.run_uri, "best_checkpoint": outcome.best_checkpoint,
-                      "latest_checkpoint": outcome.latest_checkpoint,
-                      "metrics": outcome.metrics}, indent=2))
+    report = {"run": outcome.run_uri, "best_checkpoint": outcome.best_checkpoint,
+              "latest_checkpoint": outcome.latest_checkpoint, "metrics": outcome.metrics}
+    if outcome.targets:
+        report["targets"] = outcome.targets
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -58,6 +58,7 @@ from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
 from ray_fer.data.shards import read_manifest
+from ray_fer.data.targets import targets_label
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
     CHECKPOINT_FILES,
@@ -100,6 +101,8 @@ class Plan:
     #: Wall-clock time (``time.time()``) the driver planned the run: the start of the
     #: fixed overhead reported as ``time_startup_s`` (planning → first training step).
     created_at: float = 0.0
+    #: "derived V/A" when the data's V/A targets are derived from ratings, else "".
+    targets: str = ""
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class RunOutcome:
     history: list[dict]
     best_checkpoint: str | None
     latest_checkpoint: str | None
+    targets: str = ""
 
 
 # --------------------------------------------------------------------------- driver
@@ -233,7 +237,8 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
                 run_uri=run.uri,
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
-                start_epoch=0 if done is None else done + 1, created_at=time.time())
+                start_epoch=0 if done is None else done + 1, created_at=time.time(),
+                targets=targets_label(manifest.targets))
     return method, plan
 
 
@@ -312,8 +317,9 @@ def _write_text(loc: Location, name: str, text: str | bytes) -> None:
         out.write(data)
 
 
-def finish_run(cfg: Config, result) -> RunOutcome:
-    """After ``fit``: raise its error, write ``history.json`` and ``curves.png``."""
+def finish_run(cfg: Config, result, targets: str = "") -> RunOutcome:
+    """After ``fit``: raise its error, write ``history.json`` and ``curves.png``
+    (``targets``: "derived V/A" goes into the figure's title)."""
     from ray_fer.reports.curves import plot_curves
 
     if result.error is not None:
@@ -329,7 +335,8 @@ def finish_run(cfg: Config, result) -> RunOutcome:
                 None)
     history = meta["history"]
     _write_text(run, "history.json", json.dumps(history, indent=2) + "\n")
-    _write_text(run, "curves.png", plot_curves(history, title=f"{cfg.method} · {cfg.run.name}"))
+    title = " · ".join(filter(None, (cfg.method, cfg.run.name, targets)))
+    _write_text(run, "curves.png", plot_curves(history, title=title))
 
     def uri(ckpt) -> str | None:
         if ckpt is None:
@@ -337,7 +344,7 @@ def finish_run(cfg: Config, result) -> RunOutcome:
         return ("s3://" + ckpt.path) if run.is_s3 else ckpt.path
 
     return RunOutcome(run_uri=run.uri, metrics=meta["metrics"], history=history,
-                      best_checkpoint=uri(best), latest_checkpoint=uri(latest))
+                      best_checkpoint=uri(best), latest_checkpoint=uri(latest), targets=targets)
 
 
 def train(cfg: Config) -> RunOutcome:
@@ -351,7 +358,7 @@ def train(cfg: Config) -> RunOutcome:
     if not ray.is_initialized():
         ray.init(runtime_env=ray_runtime_env() or None)
     trainer = build_trainer(cfg, method, plan)
-    outcome = finish_run(cfg, trainer.fit())
+    outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
     if method.after_run is not None:
         method.after_run(Config.from_dict(plan.config), outcome)
     return outcome
@@ -381,8 +388,9 @@ def cross_validate(cfg: Config) -> dict:
                       "best": outcome.metrics[f"best_{method.metric}"],
                       "best_epoch": outcome.metrics["best_epoch"]})
     values = np.array([f["best"] for f in folds], dtype=np.float64)
-    summary = {"method": cfg.method, "metric": method.metric, "k": k,
-               "mean": float(values.mean()), "std": float(values.std()), "folds": folds}
+    summary = {"method": cfg.method, "metric": method.metric, "mode": method.mode, "k": k,
+               "mean": float(values.mean()), "std": float(values.std()), "folds": folds,
+               "targets": outcome.targets}
     storage = resolve(cfg.run.storage, cfg.data.endpoint)
     _write_text(storage, f"{cfg.run.name}-folds.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -666,6 +674,8 @@ def run_worker(plan: Plan, method: Method) -> None:
     cacheable = ["val"] if cfg.augment.enabled and cfg.augment.where == "data" else [
         "train", "val"]
     scalars = _Scalars(plan.run_uri, cfg.data.endpoint) if rank == 0 else None
+    if scalars is not None and plan.targets:
+        scalars.writer.add_text("run/targets", plan.targets)
     first_epoch = progress.next_epoch
     # Rank 0 keeps a few validation faces to explain at each new best epoch.
     explainable = rank == 0 and cfg.train.explain_images > 0 and method.family in (

@@ -13,6 +13,8 @@ A search-space file is meant to be read and edited by a person::
     search_settings:           # optional; CLI flags win
       num_samples: 16
       max_concurrent: 4
+    start_with:                # optional: points tried first, e.g. the packaged defaults
+      - {loss.l2: 1.0e-4, optim.lr: 1.0e-3, model.options.dropout: 0.5, train.batch_size: 128}
 
 Every key (in ``fixed`` and ``search``) is checked against the run configuration before
 any trial starts, and bad bounds are refused, each error naming the key.
@@ -34,7 +36,7 @@ from ray_fer.config import ConfigError
 DISTRIBUTIONS = {
     "uniform": 2, "loguniform": 2, "quniform": 3, "randint": 2, "qloguniform": 3, "choice": None,
 }
-TOP_LEVEL = {"method", "fixed", "search", "search_settings", "description"}
+TOP_LEVEL = {"method", "fixed", "search", "search_settings", "start_with", "description"}
 SETTINGS = {"num_samples", "max_concurrent", "grace_period", "reduction_factor",
             "time_budget_s", "metric", "mode"}
 
@@ -63,6 +65,8 @@ class Param:
         """Whether ``value`` lies inside this parameter's bounds or values."""
         if self.dist == "choice":
             return value in self.args
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
         low, high = self.args[0], self.args[1]
         return low <= value <= high
 
@@ -74,6 +78,8 @@ class SearchSpace:
     params: tuple[Param, ...]
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = ""
+    #: Points (one value per searched key) that Optuna evaluates before sampling.
+    start_points: tuple[dict[str, Any], ...] = ()
 
     def param_space(self) -> dict[str, Any]:
         """Flat ``{dotted key: Tune domain}`` mapping for ``Tuner(param_space=...)``."""
@@ -147,8 +153,33 @@ def parse_search_space(raw: Any, where: str,
         sample = param.args[0]
         _checked(where, f"search.{key}", lambda k=key, v=sample: check_key(k, v))
         params.append(param)
+    start = _start_points(where, raw.get("start_with") or [], params)
     return SearchSpace(method=str(raw["method"]), fixed=fixed, params=tuple(params),
-                       settings=settings, source=where)
+                       settings=settings, source=where, start_points=start)
+
+
+def _start_points(where: str, raw: Any, params: list[Param]) -> tuple[dict[str, Any], ...]:
+    """``start_with``: each point gives every searched key a value inside its bounds."""
+    if not isinstance(raw, list):
+        raise SearchSpaceError(f"{where}: start_with must be a list of mappings, got {raw!r}")
+    keys = {p.key: p for p in params}
+    points = []
+    for i, point in enumerate(raw):
+        if not isinstance(point, Mapping):
+            raise SearchSpaceError(f"{where}: start_with[{i}] must map searched keys to values")
+        extra, missing = set(point) - set(keys), set(keys) - set(point)
+        if extra or missing:
+            raise SearchSpaceError(
+                f"{where}: start_with[{i}] must give exactly the searched keys; "
+                + "; ".join(f"{label}: {', '.join(sorted(ks))}" for label, ks in
+                            (("not searched", extra), ("missing", missing)) if ks))
+        for key, value in point.items():
+            if not keys[key].contains(value):
+                raise SearchSpaceError(
+                    f"{where}: start_with[{i}].{key}: {value!r} is outside search.{key} "
+                    f"{keys[key].dist} {list(keys[key].args)}")
+        points.append(dict(point))
+    return tuple(points)
 
 
 def _checked(where: str, label: str, check: Callable[[], None]) -> None:

@@ -217,3 +217,9 @@ def test_jaffe_ratings_separate_happy_from_negative_expressions(real_dataset):
     assert means["HA"][0] > 0.15
     assert all(means[c][0] < -0.15 for c in ("SA", "AN", "DI", "FE"))
     assert abs(means["NE"][0]) < 0.1
+
+
+def test_reports_label_derived_targets_and_nothing_else():
+    assert T.targets_label(T.derived_targets_note()) == "derived V/A"
+    assert T.targets_label({}) == ""
+    assert T.targets_label({"valence_arousal": "measured"}) == ""

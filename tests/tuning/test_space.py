@@ -56,10 +56,32 @@ def test_good_space_applies_fixed_settings_and_builds_tune_domains(tmp_path):
     ({**GOOD, "search": {"optim.lr": {"normal": [0, 1]}}}, "optim.lr"),
     ({**GOOD, "search": {"train.batch_size": {"choice": ["big"]}}}, "train.batch_size"),
     ({**GOOD, "search_settings": {"num_sample": 3}}, "num_sample"),
+    ({**GOOD, "start_with": [{"loss.l2": 0.5, "train.batch_size": 32}]}, "loss.l2: 0.5 is outside"),
+    ({**GOOD, "start_with": [{"loss.l2": 1e-4}]}, "missing: train.batch_size"),
+    ({**GOOD, "start_with": [{"loss.l2": 1e-4, "train.batch_size": 32, "optim.lr": 1e-3}]},
+     "not searched: optim.lr"),
+    ({**GOOD, "start_with": {"loss.l2": 1e-4}}, "start_with must be a list"),
 ])
 def test_malformed_space_fails_naming_the_key(tmp_path, doc, named):
     with pytest.raises(SearchSpaceError, match=named.replace(".", r"\.")):
         _load(tmp_path, doc)
+
+
+def test_start_points_are_kept_in_order(tmp_path):
+    points = [{"loss.l2": 1e-4, "train.batch_size": 64}, {"loss.l2": 1e-3, "train.batch_size": 32}]
+    _, space = _load(tmp_path, {**GOOD, "start_with": points})
+    assert list(space.start_points) == points
+
+
+def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
+    from ray_fer.config import build_config
+
+    path = next(p for p in SPACES if p.stem == "deep_emotion")
+    cfg = build_config("deep_emotion", "classify")
+    space = load_search_space(path, lambda k, v: None)
+    (point,) = space.start_points
+    assert point["loss.l2"] == cfg.loss.l2 and point["optim.lr"] == cfg.optim.lr
+    assert point["train.batch_size"] == cfg.train.batch_size
 
 
 def test_space_for_another_method_is_refused(tmp_path):

@@ -22,6 +22,7 @@ import yaml
 from support.tiny_shards import write_tiny_shards
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from ray_fer.data.targets import derived_targets_note
 from ray_fer.tune import main
 from ray_fer.tuning.space import load_search_space
 
@@ -33,6 +34,7 @@ SPACE = {
     "fixed": {"train.epochs": 3, "train.batch_size": 32, "model.options.dropout": 0.1},
     "search": {"optim.lr": {"loguniform": [1.0e-5, 3.0e-3]},
                "loss.l2": {"loguniform": [1.0e-6, 1.0e-2]}},
+    "start_with": [{"optim.lr": 1.0e-3, "loss.l2": 1.0e-4}],
 }
 
 
@@ -79,6 +81,13 @@ def test_trials_run_with_values_inside_the_yaml_bounds(search, space_file):
             assert param.contains(float(row[param.key])), (param.key, row[param.key])
         assert row["status"] in ("completed", "stopped early")
     assert len({row["optim.lr"] for row in rows}) == 4
+
+
+def test_the_start_point_is_tried_as_given(search):
+    start = SPACE["start_with"][0]
+    matches = [r for r in _rows(search)
+               if all(float(r[k]) == pytest.approx(v, rel=1e-9) for k, v in start.items())]
+    assert len(matches) == 1
 
 
 def test_asha_stops_weak_trials_early(search):
@@ -142,6 +151,10 @@ def _synthetic_faces(out: Path, *, size: int, channels: int, images_per_subject:
 
 def test_caf_search_reports_ccc_and_shows_each_trials_va_agreement(tmp_path):
     data = _synthetic_faces(tmp_path / "faces", size=48, channels=1, images_per_subject=28)
+    # As ingest records V/A derived from ratings (FER+, JAFFE, Taiwanese): reports say so.
+    manifest = Path(data) / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text())
+                                   | {"targets": derived_targets_note()}))
     try:
         assert main(["caf", "--data", data, "--storage", str(tmp_path), "--name", "caf",
                      "--num-samples", "2", "--max-concurrent", "2", "--epochs", "1",
@@ -156,7 +169,9 @@ def test_caf_search_reports_ccc_and_shows_each_trials_va_agreement(tmp_path):
         events = EventAccumulator(str(folder), size_guidance={"images": 0})
         events.Reload()
         assert events.Images("best/va_agreement")[-1].encoded_image_string[:4] == b"\x89PNG"
+        assert any(tag.startswith("run/targets") for tag in events.Tags()["tensors"])
     assert len(list((tmp_path / "caf" / "train").glob("*/tensorboard"))) == 2
+    assert (tmp_path / "caf" / "results.md").read_text().startswith("Targets: derived V/A.")
 
 
 def test_face_ae_search_ranks_trials_by_pair_error_and_flags_override_fixed_settings(

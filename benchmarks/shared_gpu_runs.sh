@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# Real-data runs sharing one GPU: concurrent Ray Train runs (one per fold) that each take a
+# fraction of it. The small sets cannot load a GPU with one run, and the fixed start of
+# each run, not the GPU, sets their pace. PARTS picks what runs (default all but fer):
+#   caf    CAF vs its no-critic baseline (caf_baseline) on the Taiwanese set's
+#          subject-disjoint folds FOLDS_TW (default 0-4), derived V/A;
+#   ck     deep_emotion on CK+'s subject-independent folds FOLDS_CK (default 0-9);
+#   jaffe  deep_emotion on JAFFE's 120/23/70 split, best validation checkpoint evaluated
+#          on the 70 test faces;
+#   loso   deep_emotion on JAFFE leave-one-subject-out (10 folds);
+#   ae     the face-generating autoencoder, stage 1 through ray_fer.train (V/A face grid
+#          PNG), and the seed's tables 1-3 (benchmarks/face_ae_tables.py), fold 0 held out;
+#   fer    FER2013 (official split, PublicTest as val): FER_MODELS (default vgg_bn
+#          deep_emotion_wide efficientnet_b0_dense) for FER_EPOCHS (default 60) at
+#          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA.
+#
+#   bash benchmarks/shared_gpu_runs.sh DATA
+#   PARTS="caf ck" FOLDS_TW="2 3 4" bash benchmarks/shared_gpu_runs.sh DATA
+#
+# DATA holds shard prefixes made with python -m ray_fer.ingest:
+#   tw48   taiwanese --size 48 --channels 1 --folds 5
+#   tw64   taiwanese --size 64 --channels 3 --folds 5
+#   ck     ckplus48 --folds 10
+#   jaffe  jaffe --size 48 --channels 1 --holdout train=120,val=23,test=70
+#   jaffe_loso  jaffe --size 48 --channels 1 --folds 10
+#   fer    fer2013-folders
+# Runs land in $WORK/runs/<name> (default WORK=/tmp/ray_fer_small); the k-fold tables
+# (benchmarks/folds_table.py) and a tarball of reports and logs go to $OUT. BUDGET_S
+# (default 0: none) stops every run still going after that many seconds, so the reports
+# of what finished still come back from a machine with a time limit.
+set -euo pipefail
+data=${1:?usage: shared_gpu_runs.sh DATA}
+work=${WORK:-/tmp/ray_fer_small}
+out=${OUT:-$work/out}
+parts=" ${PARTS:-caf ck jaffe loso ae} "
+share=${GPU_SHARE:-0.08}
+budget=${BUDGET_S:-0}
+mkdir -p "$work/logs" "$work/rc" "$out"
+# One Ray node for all runs, with a token of its own (Ray 2.60 listens on all interfaces).
+RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
+ray start --head --num-gpus "${NUM_GPUS:-1}" --disable-usage-stats > "$work/logs/ray.log" 2>&1
+trap 'ray stop --force > /dev/null 2>&1 || true' EXIT
+export RAY_ADDRESS=auto
+job() {  # name, command...: run in the background, log and exit status under $work
+  local name=$1
+  shift
+  (set +e; timeout "$budget" "$@" > "$work/logs/$name.log" 2>&1; echo $? > "$work/rc/$name") &
+}
+train() {  # name, method, args...: one ray_fer.train run on a GPU share
+  local name=$1 method=$2
+  shift 2
+  job "$name" python -m ray_fer.train "$method" --gpu --set "resources.gpus_per_worker=$share" \
+    --storage "$work/runs" --name "$name" "$@"
+}
+start=$(date +%s)
+if [[ $parts == *" caf "* ]]; then
+  for fold in ${FOLDS_TW:-0 1 2 3 4}; do
+    for method in caf caf_baseline; do
+      train "$method-tw-fold$fold" "$method" --data "$data/tw48" --fold "$fold" --epochs 60 \
+        --batch-size 64
+    done
+  done
+fi
+if [[ $parts == *" ck "* ]]; then
+  for fold in ${FOLDS_CK:-0 1 2 3 4 5 6 7 8 9}; do
+    train "de-ck-fold$fold" deep_emotion --data "$data/ck" --fold "$fold" --epochs 25 \
+      --batch-size 64
+  done
+fi
+if [[ $parts == *" jaffe "* ]]; then
+  train de-jaffe deep_emotion --data "$data/jaffe" --epochs 100 --batch-size 32
+fi
+if [[ $parts == *" loso "* ]]; then
+  for fold in 0 1 2 3 4 5 6 7 8 9; do
+    train "de-jaffe-loso-fold$fold" deep_emotion --data "$data/jaffe_loso" --fold "$fold" \
+      --epochs 100 --batch-size 32
+  done
+fi
+if [[ $parts == *" fer "* ]]; then
+  for model in ${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}; do
+    share=${FER_SHARE:-0.3} train "fer-$model" "$model" --data "$data/fer" \
+      --epochs "${FER_EPOCHS:-60}" --batch-size 128
+  done
+fi
+if [[ $parts == *" ae "* ]]; then
+  train ae-tw face_ae --data "$data/tw64" --fold 0 --epochs 60 --set model.options.width=32
+  job face_ae_tables python benchmarks/face_ae_tables.py --data "$data/tw64" --eval-fold 0 \
+    --seeds 3 --epochs 30 --ae-epochs 60 --image-size 112 --pretrained none \
+    --under 50 100 250 --over 50 100 250 --device "${DEVICE:-cuda}"
+fi
+wait
+evaluate() {  # run name, data, split: its best checkpoint on the split, plain and flip TTA
+  [[ -f $work/rc/$1 && $(cat "$work/rc/$1") == 0 ]] || return 0
+  local best
+  best=$(grep -o '"best_checkpoint": "[^"]*"' "$work/logs/$1.log" | tail -1 | cut -d'"' -f4)
+  python -m ray_fer.evaluate "$best" --data "$2" --split "$3" --tta flip \
+    --device "${DEVICE:-cuda}" --out "$work/runs/$1-$3" > "$work/logs/$1-eval.log" 2>&1 || true
+}
+evaluate de-jaffe "$data/jaffe" test
+for model in ${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}; do
+  evaluate "fer-$model" "$data/fer" val
+done
+echo "all runs: $(( $(date +%s) - start )) s" | tee "$work/wall.txt"
+grep -H . "$work"/rc/* | sed "s|$work/rc/||" | tee -a "$work/wall.txt"
+tables() {  # title, folds_table arguments...
+  echo "### $1"
+  python benchmarks/folds_table.py "${@:2}" || true
+}
+{
+  [[ $parts == *" caf "* ]] && tables "CAF vs no-critic baseline, Taiwanese, derived V/A" \
+    "caf=$work/runs/caf-tw-fold*" "caf_baseline=$work/runs/caf_baseline-tw-fold*"
+  [[ $parts == *" ck "* ]] && tables "deep_emotion, CK+ 10-fold" \
+    "deep_emotion=$work/runs/de-ck-fold*" --metrics val_accuracy,val_macro_f1
+  [[ $parts == *" loso "* ]] && tables "deep_emotion, JAFFE leave-one-subject-out" \
+    "deep_emotion=$work/runs/de-jaffe-loso-fold*" --metrics val_accuracy,val_macro_f1
+  [[ $parts == *" ae "* ]] && cat "$work/logs/face_ae_tables.log"
+  for m in "$work"/runs/*-val/metrics.json "$work"/runs/*-test/metrics.json; do
+    [[ -f $m ]] && python - "$m" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+s = m["split"]
+print(f"{sys.argv[1]}: epoch {m['epoch']}, accuracy {m[s + '_accuracy']:.4f}, "
+      f"macro-F1 {m[s + '_macro_f1']:.4f}, flip TTA {m['tta']['accuracy']:.4f}")
+PY
+  done
+  true
+} > "$work/tables.md"
+cat "$work/tables.md"
+tar -czf "$out/shared_gpu_runs.tar.gz" -C "$work" --exclude='checkpoint_*' \
+  --exclude='events.out.tfevents.*' logs rc runs wall.txt tables.md
