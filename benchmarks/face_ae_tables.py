@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ray_fer.data.shards import decode_images, read_manifest
+from ray_fer.data.targets import targets_label
 from ray_fer.models.face_ae import FaceAutoencoder, VaRegressor
 from ray_fer.storage import resolve
 from ray_fer.train.face_ae_steps import (
@@ -60,12 +61,13 @@ HEADERS = {"rmse": "RMSE", "pcc": "CORR", "ccc": "CCC", "sagr": "SAGR"}
 
 @dataclass
 class Faces:
-    """One split in memory: uint8 faces (N, C, S, S), subject ids, V/A (N, 2)."""
+    """One split in memory: uint8 faces (N, C, S, S), subject ids, V/A (N, 2), and the
+    targets' label ("derived V/A" or "", :func:`ray_fer.data.targets.targets_label`)."""
 
     images: torch.Tensor
     subjects: np.ndarray
     va: np.ndarray
-    derived: bool
+    targets: str
 
     @property
     def labelled(self) -> np.ndarray:
@@ -97,9 +99,8 @@ def load_split(uri: str, split: str, endpoint: str | None = None, fold: int | No
                      .permute(0, 3, 1, 2).contiguous())
         subjects.append(table["subject_id"].to_numpy(zero_copy_only=False))
         va.append(np.stack([table["valence"].to_numpy(), table["arousal"].to_numpy()], 1))
-    derived = (manifest.targets or {}).get("valence_arousal") == "derived"
     return Faces(torch.cat(parts), np.concatenate(subjects).astype(str),
-                 np.concatenate(va).astype(np.float32), derived)
+                 np.concatenate(va).astype(np.float32), targets_label(manifest.targets or {}))
 
 
 def faces_on(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -266,8 +267,8 @@ def run(args: argparse.Namespace) -> str:
                 args, seed, device))
             print(f"seed {seed} {name}: mean CCC {results[name][-1]['mean_ccc']:.3f} "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    targets = "derived V/A" if train.derived else "V/A"
-    return markdown(results, f"{args.data} ({targets}), {len(train.labelled)} training / "
+    return markdown(results, f"{args.data} ({train.targets or 'V/A'}), "
+                             f"{len(train.labelled)} training / "
                              f"{len(test.labelled)} {held_out} faces, "
                              f"{args.seeds} seed(s), {args.epochs} epochs")
 
