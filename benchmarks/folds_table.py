@@ -58,19 +58,20 @@ def fold_runs(group: str) -> tuple[str, list[str], str, str]:
 
 
 def targets_of(run: str) -> str:
-    """"derived V/A" when the run's data says so (its manifest), "" otherwise."""
+    """"derived V/A" when the run trained on V/A its data derived (its method and
+    manifest), "" otherwise."""
     import yaml
 
     from ray_fer.data.shards import read_manifest
-    from ray_fer.data.targets import targets_label
     from ray_fer.errors import UserError
+    from ray_fer.train.steps import method_for, run_targets
 
     config = yaml.safe_load(_read_text(run.rstrip("/") + "/config.yaml"))
     uri = (config.get("data") or {}).get("uri")
     if not uri:
         return ""
     try:
-        return targets_label(read_manifest(resolve(uri)).targets)
+        return run_targets(method_for(config["method"]), read_manifest(resolve(uri)).targets)
     except (OSError, UserError):
         return "targets unknown"
 

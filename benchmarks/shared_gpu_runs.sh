@@ -4,15 +4,18 @@
 # each run, not the GPU, sets their pace. PARTS picks what runs (default all but fer):
 #   caf    CAF vs its no-critic baseline (caf_baseline) on the Taiwanese set's
 #          subject-disjoint folds FOLDS_TW (default 0-4), derived V/A;
-#   ck     deep_emotion on CK+'s subject-independent folds FOLDS_CK (default 0-9);
+#   ck     deep_emotion on CK+'s subject-independent folds FOLDS_CK (default 0-9), CK_EPOCHS
+#          (default 25) at batch CK_BATCH (default 64);
 #   jaffe  deep_emotion on JAFFE's 120/23/70 split, best validation checkpoint evaluated
-#          on the 70 test faces;
-#   loso   deep_emotion on JAFFE leave-one-subject-out (10 folds);
+#          on the 70 test faces, JAFFE_EPOCHS (default 100) at batch JAFFE_BATCH (default 32);
+#   loso   deep_emotion on JAFFE leave-one-subject-out (10 folds), same epochs and batch;
 #   ae     the face-generating autoencoder, stage 1 through ray_fer.train (V/A face grid
 #          PNG), and the seed's tables 1-3 (benchmarks/face_ae_tables.py), fold 0 held out;
 #   fer    FER2013 (official split, PublicTest as val): FER_MODELS (default vgg_bn
 #          deep_emotion_wide efficientnet_b0_dense) for FER_EPOCHS (default 60) at
-#          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA.
+#          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA;
+#          FER_SET (default fer) names the shard prefix (ferplus: FER+ majority labels) and
+#          FER_ARGS adds ray_fer.train flags to every run (e.g. --set data.image_size=48).
 #
 #   bash benchmarks/shared_gpu_runs.sh DATA
 #   PARTS="caf ck" FOLDS_TW="2 3 4" bash benchmarks/shared_gpu_runs.sh DATA
@@ -24,6 +27,7 @@
 #   jaffe  jaffe --size 48 --channels 1 --holdout train=120,val=23,test=70
 #   jaffe_loso  jaffe --size 48 --channels 1 --folds 10
 #   fer    fer2013-folders
+#   ferplus  ferplus
 # Runs land in $WORK/runs/<name> (default WORK=/tmp/ray_fer_small); the k-fold tables
 # (benchmarks/folds_table.py) and a tarball of reports and logs go to $OUT. BUDGET_S
 # (default 0: none) stops every run still going after that many seconds, so the reports
@@ -64,23 +68,27 @@ if [[ $parts == *" caf "* ]]; then
 fi
 if [[ $parts == *" ck "* ]]; then
   for fold in ${FOLDS_CK:-0 1 2 3 4 5 6 7 8 9}; do
-    train "de-ck-fold$fold" deep_emotion --data "$data/ck" --fold "$fold" --epochs 25 \
-      --batch-size 64
+    train "de-ck-fold$fold" deep_emotion --data "$data/ck" --fold "$fold" \
+      --epochs "${CK_EPOCHS:-25}" --batch-size "${CK_BATCH:-64}"
   done
 fi
 if [[ $parts == *" jaffe "* ]]; then
-  train de-jaffe deep_emotion --data "$data/jaffe" --epochs 100 --batch-size 32
+  train de-jaffe deep_emotion --data "$data/jaffe" --epochs "${JAFFE_EPOCHS:-100}" \
+    --batch-size "${JAFFE_BATCH:-32}"
 fi
 if [[ $parts == *" loso "* ]]; then
   for fold in 0 1 2 3 4 5 6 7 8 9; do
     train "de-jaffe-loso-fold$fold" deep_emotion --data "$data/jaffe_loso" --fold "$fold" \
-      --epochs 100 --batch-size 32
+      --epochs "${JAFFE_EPOCHS:-100}" --batch-size "${JAFFE_BATCH:-32}"
   done
 fi
+fer_models=${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}
+fer_set=${FER_SET:-fer}
 if [[ $parts == *" fer "* ]]; then
-  for model in ${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}; do
-    share=${FER_SHARE:-0.3} train "fer-$model" "$model" --data "$data/fer" \
-      --epochs "${FER_EPOCHS:-60}" --batch-size 128
+  for model in $fer_models; do
+    # shellcheck disable=SC2086  # FER_ARGS is a list of flags
+    share=${FER_SHARE:-0.3} train "$fer_set-$model" "$model" --data "$data/$fer_set" \
+      --epochs "${FER_EPOCHS:-60}" --batch-size 128 ${FER_ARGS:-}
   done
 fi
 if [[ $parts == *" ae "* ]]; then
@@ -98,8 +106,8 @@ evaluate() {  # run name, data, split: its best checkpoint on the split, plain a
     --device "${DEVICE:-cuda}" --out "$work/runs/$1-$3" > "$work/logs/$1-eval.log" 2>&1 || true
 }
 evaluate de-jaffe "$data/jaffe" test
-for model in ${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}; do
-  evaluate "fer-$model" "$data/fer" val
+for model in $fer_models; do
+  evaluate "$fer_set-$model" "$data/$fer_set" val
 done
 echo "all runs: $(( $(date +%s) - start )) s" | tee "$work/wall.txt"
 grep -H . "$work"/rc/* | sed "s|$work/rc/||" | tee -a "$work/wall.txt"

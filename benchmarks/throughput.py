@@ -19,6 +19,7 @@ row are those of real training at that size.
     python benchmarks/throughput.py                               # all models, one GPU
     python benchmarks/throughput.py --models deep_emotion,resnet50 --batch-size resnet50=256
     python benchmarks/throughput.py --packing deep_emotion        # Tune trials per GPU
+    python benchmarks/throughput.py --startup deep_emotion        # Tune trial → first step
 
 Prints a Markdown table; ``--json`` writes the numbers.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -155,33 +157,76 @@ def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
     return row
 
 
+def search(model: str, data: str, work: Path, *, trials: int, concurrent: int, epochs: int,
+           gpus: float, sets: tuple[str, ...] = ()) -> dict:
+    """One ``python -m ray_fer.tune`` search of ``trials`` trials, ``concurrent`` at a time
+    on ``gpus`` GPU each; its wall time and each trial's figures from Tune's results, in
+    the order the trials started: its process (``reused``: a process an earlier trial ran
+    in), ``time_startup_s`` and images/s (median of epochs >= 1)."""
+    from ray_fer import tune
+
+    name = f"{model}-{trials}x{concurrent}-{time.time_ns()}"
+    args = [model, "--data", data, "--storage", str(work / "searches"), "--name", name,
+            "--num-samples", str(trials), "--max-concurrent", str(concurrent),
+            "--epochs", str(epochs), "--grace-period", str(epochs)]
+    if torch.cuda.is_available():
+        args += ["--gpus-per-trial", str(gpus)]
+    for item in sets:
+        args += ["--set", item]
+    started = time.perf_counter()
+    code = tune.main(args)
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"tune {' '.join(args)} exited with {code}")
+    records = []
+    for trial in (work / "searches" / name).glob("run_trial_*"):
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        first = reports[0]
+        rates = [m["rows_train"] / m["time_train_s"] for m in reports[1:]]
+        records.append({"began": first["timestamp"] - first["time_total_s"], "pid": first["pid"],
+                        "startup_s": first["time_startup_s"],
+                        "images_per_s": statistics.median(rates) if rates else math.nan})
+    seen: set[int] = set()
+    for record in sorted(records, key=lambda r: r["began"]):
+        record["reused"] = record["pid"] in seen
+        seen.add(record["pid"])
+    return {"wall_s": wall, "trials": sorted(records, key=lambda r: r["began"])}
+
+
 def packing(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict:
     """Aggregate images/s of ``trials`` Tune trials sharing one GPU vs one trial alone."""
-    from ray_fer import tune
     from ray_fer.models.registry import model_defaults
 
     defaults = model_defaults(model)
     data = faces(work, defaults.image_size, defaults.in_channels, rows)
-    out = {"model": model, "trials": trials}
-    for label, n, gpus in (("alone", 1, 1.0), ("packed", trials, 1.0 / trials)):
-        name = f"pack-{label}-{time.time_ns()}"
-        started = time.perf_counter()
-        code = tune.main([model, "--data", data, "--storage", str(work / "searches"),
-                          "--name", name, "--num-samples", str(n), "--max-concurrent", str(n),
-                          "--epochs", str(epochs), "--grace-period", str(epochs),
-                          "--gpus-per-trial", str(gpus)])
-        wall = time.perf_counter() - started
-        if code != 0:
-            raise RuntimeError(f"tune {label} exited with {code}")
-        rates, startups = [], []
-        for history in (work / "searches" / name / "train").glob("*/history.json"):
-            epochs_run = json.loads(history.read_text())
-            rates.append(statistics.median(m["rows_train"] / m["time_train_s"]
-                                           for m in epochs_run[1:]))
-            startups.append(epochs_run[0]["time_startup_s"])
-        out[label] = {"trials": len(rates), "images_per_s": sum(rates), "wall_s": wall,
-                      "startup_s": sorted(startups)}
+    out: dict = {"model": model, "trials": trials}
+    for label, n in (("alone", 1), ("packed", trials)):
+        result = search(model, data, work, trials=n, concurrent=n, epochs=epochs, gpus=1.0 / n)
+        out[label] = {"trials": n, "wall_s": result["wall_s"],
+                      "images_per_s": sum(t["images_per_s"] for t in result["trials"]),
+                      "startup_s": [t["startup_s"] for t in result["trials"]]}
     out["scaling"] = out["packed"]["images_per_s"] / out["alone"]["images_per_s"]
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def startup(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict:
+    """Trial → first training step: ``2 * trials`` trials, ``trials`` at a time sharing one
+    GPU, trained in the trial's own process (the default) and through Ray Train; fresh
+    processes (the first round) and reused ones reported apart."""
+    from ray_fer.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    out: dict = {"model": model, "trials": 2 * trials, "concurrent": trials, "epochs": epochs}
+    for label, in_trial in (("in_trial", "true"), ("ray_train", "false")):
+        result = search(model, data, work, trials=2 * trials, concurrent=trials, epochs=epochs,
+                        gpus=1.0 / trials, sets=(f"resources.in_trial={in_trial}",))
+        out[label] = {
+            "wall_s": result["wall_s"],
+            "trials_per_hour": 2 * trials * 3600 / result["wall_s"],
+            "startup_fresh_s": [t["startup_s"] for t in result["trials"] if not t["reused"]],
+            "startup_reused_s": [t["startup_s"] for t in result["trials"] if t["reused"]]}
     print(json.dumps(out), flush=True)
     return out
 
@@ -209,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a model's configured batch size")
     p.add_argument("--stream", action="store_true", help="also time data.cache=off")
     p.add_argument("--packing", metavar="MODEL", help="measure Tune trials packed per GPU")
-    p.add_argument("--trials", type=int, default=4, help="trials packed on the GPU")
+    p.add_argument("--startup", metavar="MODEL",
+                   help="measure Tune trial → first step, in the trial's process and on Train")
+    p.add_argument("--trials", type=int, default=4, help="trials at once on the GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile (train.compile)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="run on CPU (checks the script; the figures mean nothing)")
@@ -227,13 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-throughput-"))
     if args.packing:
         result: dict | list = packing(args.packing, work, args.rows, args.epochs, args.trials)
+    elif args.startup:
+        result = startup(args.startup, work, args.rows, args.epochs, args.trials)
     else:
         import ray
 
-        from ray_fer.storage import ray_runtime_env
+        from ray_fer.cluster.runtime import job_runtime_env
 
         # Started here, so the first model's startup figure excludes starting Ray.
-        ray.init(runtime_env=ray_runtime_env() or None)
+        ray.init(runtime_env=job_runtime_env())
         extra = {"train.compile": True} if args.compile else {}
         result = [measure(m, work, args.rows, args.epochs,
                           int(batches[m]) if m in batches else None, args.stream, extra)

@@ -2,7 +2,9 @@
 
 Optuna's TPE sampler (seeded) proposes values from ``search_spaces/<method>.yaml``, a
 concurrency limit bounds the trials in flight, ASHA stops weak trials early on the
-method's validation metric, and every trial is a ``ray_fer.train`` run on Ray Train.
+method's validation metric, and every trial is a ``ray_fer.train`` run: in the trial's own
+reused process when it has one worker, on Ray Train when it has several
+(:mod:`ray_fer.tuning.trial`).
 
 Examples::
 
@@ -29,7 +31,6 @@ import yaml
 
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
 from ray_fer.data.shards import read_manifest
-from ray_fer.data.targets import targets_label
 from ray_fer.errors import UserError, print_error
 from ray_fer.storage import Location, resolve
 from ray_fer.tuning.results import (
@@ -51,8 +52,6 @@ SETTING_BOUNDS = {"num_samples": ("--num-samples", 1), "max_concurrent": ("--max
                   "time_budget_s": ("--time-budget", 1)}
 #: The base config of an experiment, saved at its start so --resume continues it unchanged.
 BASE_FILE = "base_config.yaml"
-#: CPU reserved by each trial's driver; its Train workers reserve their own resources.
-TRIAL_DRIVER_CPU = 0.25
 
 
 def parser() -> argparse.ArgumentParser:
@@ -154,12 +153,12 @@ def stored_base(exp: Location) -> Config:
 def _connect(cfg: Config) -> None:
     import ray
 
-    from ray_fer.storage import ray_runtime_env
+    from ray_fer.cluster.runtime import job_env_vars
 
     if ray.is_initialized():
         return
     # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
-    env = ray_runtime_env().get("env_vars", {}) | {"RAY_DATA_DISABLE_PROGRESS_BARS": "1"}
+    env = job_env_vars({"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     if os.environ.get("RAY_ADDRESS"):
         ray.init(runtime_env={"env_vars": env})
         return
@@ -179,13 +178,13 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
     from ray.tune.search.optuna import OptunaSearch
 
     from ray_fer.train.steps import method_for
-    from ray_fer.tuning.trial import run_trial
+    from ray_fer.tuning.trial import in_trial, run_trial, trial_resources
 
     method = method_for(cfg.method)
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=cfg.to_dict(), storage=exp.child_uri("train")),
-        {"cpu": TRIAL_DRIVER_CPU})
+        trial_resources(cfg))
     store = resolve(storage, cfg.data.endpoint)
     if resume:
         if not tune.Tuner.can_restore(exp.path, storage_filesystem=exp.fs):
@@ -203,9 +202,16 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
             scheduler=ASHAScheduler(metric=method.metric, mode=method.mode,
                                     max_t=cfg.train.epochs, grace_period=opts["grace_period"],
                                     reduction_factor=opts["reduction_factor"]),
-            num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"]),
+            num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"],
+            # A trial that trains in its own process leaves it warm for the next one.
+            reuse_actors=in_trial(cfg)),
         run_config=tune.RunConfig(
             name=name, storage_path=store.path, storage_filesystem=store.fs,
+            # The checkpoints of trials that train in their own process (Ray Train keeps
+            # those of the others in their run folders).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=method.metric,
+                checkpoint_score_order=method.mode),
             # A trial that fails is retried from its checkpoint up to max_failures times,
             # then fails on its own; the rest of the search goes on.
             failure_config=tune.FailureConfig(max_failures=max_failures)),
@@ -214,7 +220,7 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
 
 def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str) -> str:
     """Write the results table, best config and best checkpoint; return the printed summary."""
-    from ray_fer.train.steps import method_for
+    from ray_fer.train.steps import method_for, run_targets
     from ray_fer.tuning.trial import trial_config
 
     method = method_for(cfg.method)
@@ -223,7 +229,7 @@ def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str)
     rows = trial_rows(grid, metric=method.metric, mode=method.mode, epochs=cfg.train.epochs,
                       param_keys=keys)
     write_text(exp, "results.csv", results_csv(rows, method.metric, keys))
-    targets = targets_label(read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
+    targets = run_targets(method, read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
     table = results_markdown(rows, method.metric, keys)
     write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)

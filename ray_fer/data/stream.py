@@ -39,7 +39,7 @@ from ray_fer.data.shard_source import (
 __all__ = [
     "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "AugmentConfig",
     "augment_batch", "data_config", "epoch_seed", "iter_eval_batches", "iter_train_batches",
-    "normalise", "open_split", "apply_data_augmentation",
+    "normalise", "open_split", "apply_data_augmentation", "read_in_order",
 ]
 
 
@@ -351,6 +351,13 @@ class FullCoverageDataConfig(ray.train.DataConfig):
                 for i in range(world_size):
                     output[i][name] = ds.iterator()
         return output
+
+
+def read_in_order(ds: ray.data.Dataset) -> ray.data.Dataset:
+    """``ds`` emitting its blocks in order, as :func:`data_config` has Ray Train read them,
+    for one process that iterates it directly (a one-worker Tune trial)."""
+    ds.context.execution_options.preserve_order = True
+    return ds
 
 
 def data_config(*, datasets_to_split: Sequence[str] | str = "all",

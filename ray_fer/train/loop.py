@@ -5,10 +5,12 @@ train/validation splits as Ray Datasets, build a ``TorchTrainer`` whose run live
 ``<run.storage>/<run.name>`` (local folder or s3://), fit, then write ``history.json`` and
 ``curves.png`` next to the checkpoints.
 
-Worker side (:func:`train_loop_per_worker`), per epoch: reseed from (seed, epoch, rank);
-train on this worker's disjoint part of the training rows; evaluate every validation row
-once across workers; all-reduce the method's sums; report the metrics (with ``lr``,
-``best_epoch``) and a checkpoint to Ray Train; log TensorBoard scalars from rank 0.
+Worker side (:func:`run_worker`: in a Ray Train worker through :func:`train_loop_per_worker`,
+or in a one-worker Tune trial's own process; a :class:`Session` holds what differs), per
+epoch: reseed from (seed, epoch, rank); train on this worker's disjoint part of the training
+rows; evaluate every validation row once across workers; all-reduce the method's sums;
+report the metrics (with ``lr``, ``best_epoch``) and a checkpoint to Ray Train (or Tune);
+log TensorBoard scalars from rank 0.
 
 Uneven shards: :func:`ray_fer.data.stream.data_config` hands workers whole blocks, so their
 batch counts may differ by a block's worth. Before each training step the workers agree,
@@ -58,7 +60,6 @@ from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
 from ray_fer.data.shards import read_manifest
-from ray_fer.data.targets import targets_label
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
     CHECKPOINT_FILES,
@@ -76,6 +77,7 @@ from ray_fer.train.steps import (
     data_shape,
     fit_images,
     method_for,
+    run_targets,
 )
 
 log = logging.getLogger(__name__)
@@ -238,7 +240,7 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
                 start_epoch=0 if done is None else done + 1, created_at=time.time(),
-                targets=targets_label(manifest.targets))
+                targets=run_targets(method, manifest.targets))
     return method, plan
 
 
@@ -252,7 +254,9 @@ def _fold_rows(manifest, fold: int, where: str) -> int:
     return int(per_fold[fold])
 
 
-def _datasets(cfg: Config, plan: Plan, method: Method) -> dict:
+def open_datasets(cfg: Config, plan: Plan, method: Method) -> dict:
+    """The run's ``train`` (seeded block order, the method's resampling, CPU-side
+    augmentation if configured) and ``val`` Ray Datasets."""
     fold = cfg.data.fold
     train, _ = stream.open_split(plan.data_uri, splits=cfg.data.train_splits,
                                  exclude_folds=None if fold is None else [fold],
@@ -265,12 +269,7 @@ def _datasets(cfg: Config, plan: Plan, method: Method) -> dict:
     else:
         val, _ = stream.open_split(plan.data_uri, splits=cfg.data.train_splits, folds=[fold],
                                    endpoint=cfg.data.endpoint)
-    train = stream.apply_data_augmentation(train, cfg.augment)
-    # The stream draws each epoch's block order from (seed, Ray Data's execution index);
-    # starting the index at the resumed epoch gives the order an uninterrupted run had.
-    return {"train": functools.partial(_train_from_resumed_epoch, train, plan.run_uri,
-                                       cfg.data.endpoint, plan.start_epoch),
-            "val": val}
+    return {"train": stream.apply_data_augmentation(train, cfg.augment), "val": val}
 
 
 def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | None = None,
@@ -282,8 +281,11 @@ def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    datasets = _datasets(cfg, plan, method)
-    run = resolve(plan.run_uri, cfg.data.endpoint)
+    datasets: dict = open_datasets(cfg, plan, method)
+    # The stream draws each epoch's block order from (seed, Ray Data's execution index);
+    # starting the index at the resumed epoch gives the order an uninterrupted run had.
+    datasets["train"] = functools.partial(_train_from_resumed_epoch, datasets["train"],
+                                          plan.run_uri, cfg.data.endpoint, plan.start_epoch)
     storage = resolve(cfg.run.storage, cfg.data.endpoint)
     res = cfg.resources
     worker = {"CPU": res.cpus_per_worker} | res.custom
@@ -303,10 +305,15 @@ def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | 
                                                controller_failure_limit=0),
         callbacks=callbacks,
     )
-    _write_text(run, "config.yaml", cfg.to_yaml())
+    write_run_config(cfg)
     return TorchTrainer(worker_fn or train_loop_per_worker, train_loop_config=asdict(plan),
                         scaling_config=scaling, run_config=run_config, datasets=datasets,
                         dataset_config=stream.data_config())
+
+
+def write_run_config(cfg: Config) -> None:
+    """``config.yaml`` in the run folder: the run exists (a restart resumes it)."""
+    _write_text(run_location(cfg), "config.yaml", cfg.to_yaml())
 
 
 def _write_text(loc: Location, name: str, text: str | bytes) -> None:
@@ -351,12 +358,12 @@ def train(cfg: Config) -> RunOutcome:
     """Run ``cfg`` to the end on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
     import ray
 
-    from ray_fer.storage import ray_runtime_env
+    from ray_fer.cluster.runtime import job_runtime_env
 
     cfg = with_run_name(cfg)
     method, plan = plan_run(cfg)
     if not ray.is_initialized():
-        ray.init(runtime_env=ray_runtime_env() or None)
+        ray.init(runtime_env=job_runtime_env())
     trainer = build_trainer(cfg, method, plan)
     outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
     if method.after_run is not None:
@@ -585,20 +592,17 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
 
 
 def _report(metrics: dict, state: TrainState, method: Method, progress: Progress,
-            rank: int) -> None:
-    import ray.train
-
+            session: Session) -> None:
     name = f"{CHECKPOINT_PREFIX}{state.epoch:04d}"
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+    if session.rank != 0:
+        session.report(metrics, None, name)
         return
     with tempfile.TemporaryDirectory(prefix="ray_fer-ckpt-") as tmp:
         save_checkpoint(tmp, cfg=state.cfg, info=state.info, modules=state.modules,
                         optimizers=state.optimizers, schedulers=state.schedulers,
                         progress=progress, metrics=metrics, metric=method.metric,
                         mode=method.mode)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=name)
+        session.report(metrics, tmp, name)
 
 
 def _adopt_caches(sources: dict[str, stream.Source], recorders: dict[str, CacheRecorder],
@@ -627,21 +631,58 @@ def build_state(method: Method, cfg: Config, info: DataInfo, device: torch.devic
                       optimizers=optimizers, schedulers=schedulers)
 
 
+@dataclass(frozen=True)
+class Session:
+    """What the epochs of a run need from the process they run in: a Ray Train worker
+    (:func:`ray_train_session`) or a one-worker Tune trial
+    (:func:`ray_fer.tuning.trial.trial_session`)."""
+
+    rank: int
+    world: int
+    device: torch.device
+    #: The checkpoint to resume from (its folder through ``as_directory()``), or None.
+    checkpoint: object | None
+    #: ``train`` and ``val`` rows of this worker.
+    sources: dict[str, stream.Source]
+    #: The epoch the training stream's block order was set for.
+    ordered_epoch: int
+    #: ``report(metrics, checkpoint folder or None, checkpoint name)``.
+    report: Callable[[dict, str | None, str], None]
+
+
+def ray_train_session(plan: Plan) -> Session:
+    """The session of a Ray Train worker: its rank, device, dataset shards and reports."""
+    import ray.train
+    import ray.train.torch
+
+    def report(metrics: dict, folder: str | None, name: str) -> None:
+        checkpoint = None if folder is None else ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    ctx = ray.train.get_context()
+    checkpoint = ray.train.get_checkpoint()
+    # The training dataset's factory read the same record when this group started.
+    endpoint = plan.config["data"].get("endpoint")
+    ordered = (plan.start_epoch if checkpoint is None
+               else resumed_epoch(resolve(plan.run_uri, endpoint), plan.start_epoch))
+    return Session(rank=ctx.get_world_rank(), world=ctx.get_world_size(),
+                   device=ray.train.torch.get_device(), checkpoint=checkpoint,
+                   sources={name: ray.train.get_dataset_shard(name) for name in ("train", "val")},
+                   ordered_epoch=ordered, report=report)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker entry: the epochs of one run (see the module docstring)."""
     plan = Plan(**loop_config)
     run_worker(plan, method_for(plan.config["method"]))
 
 
-def run_worker(plan: Plan, method: Method) -> None:
-    """The epochs of one run on this worker, with ``method``'s steps."""
-    import ray.train
-    import ray.train.torch
-
+def run_worker(plan: Plan, method: Method, session: Session | None = None) -> None:
+    """The epochs of one run in ``session`` (default: this Ray Train worker's), with
+    ``method``'s steps."""
     cfg = Config.from_dict(plan.config)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
+    session = session or ray_train_session(plan)
+    rank, world, device = session.rank, session.world, session.device
     torch.set_num_threads(cfg.resources.cpus_per_worker)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -652,23 +693,19 @@ def run_worker(plan: Plan, method: Method) -> None:
                     channels=plan.channels)
     state = build_state(method, cfg, info, device, plan.steps_per_epoch)
     progress = Progress()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
+    if session.checkpoint is not None:
+        with session.checkpoint.as_directory() as folder:
             loaded = load_checkpoint(folder, map_location=device)
         loaded.restore(state.modules, state.optimizers, state.schedulers)
         progress = loaded.progress
-        # The training dataset's factory read the same record when this group started.
-        ordered = resumed_epoch(resolve(plan.run_uri, cfg.data.endpoint), plan.start_epoch)
-        if progress.next_epoch != ordered:
+        if progress.next_epoch != session.ordered_epoch:
             log.warning("resuming at epoch %d but the stream was ordered for epoch %d: the "
                         "data order of the remaining epochs differs from an uninterrupted run",
-                        progress.next_epoch, ordered)
+                        progress.next_epoch, session.ordered_epoch)
     state.train_modules = {k: wrap_module(m, cfg, device, world) for k, m in state.modules.items()}
     # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
     group = dist.new_group(backend="gloo") if world > 1 else None
-    sources: dict[str, stream.Source] = {name: ray.train.get_dataset_shard(name)
-                                         for name in ("train", "val")}
+    sources = dict(session.sources)
     budget = cache_budget(cfg.data.cache, device, cfg.data.cache_fraction)
     # Rows augmented by Ray Data must be read anew each epoch to get new augmentations.
     cacheable = ["val"] if cfg.augment.enabled and cfg.augment.where == "data" else [
@@ -725,7 +762,7 @@ def run_worker(plan: Plan, method: Method) -> None:
                 if improved and sample:
                     _explain(scalars, state, sample[0][:cfg.train.explain_images], epoch)
                 scalars.write(metrics, epoch)
-            _report(metrics, state, method, progress, rank)
+            _report(metrics, state, method, progress, session)
     finally:
         if scalars is not None:
             scalars.close()

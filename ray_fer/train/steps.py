@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
+from ray_fer.data.targets import targets_label
 from ray_fer.models.registry import build_model, model_defaults, model_names, model_options
 from ray_fer.train import metrics as M
 
@@ -107,6 +108,12 @@ class Method:
     #: Driver side, after a run has finished (gets the config and the loop's RunOutcome),
     #: e.g. to write a figure from the best checkpoint into the run folder.
     after_run: Callable[[Config, Any], None] | None = None
+
+
+def run_targets(method: Method, targets: dict) -> str:
+    """What a run's reports say about its targets: "derived V/A" when ``method`` trains on
+    V/A (not on class labels) that the data derived from ratings, else ""."""
+    return "" if method.family == "classify" else targets_label(targets)
 
 
 # ---------------------------------------------------------------- shared building blocks

@@ -41,6 +41,16 @@ def _best_index(values: list[float], mode: str) -> int | None:
     return (max(finite) if mode == "max" else min(finite))[1]
 
 
+def _checkpoint_of(result, record: dict) -> str | None:
+    """The checkpoint of the epoch ``record`` reports: the Ray Train checkpoint path the
+    report carries, else the checkpoint Tune kept for that epoch (a trial that trained in
+    its own process)."""
+    if record.get(CHECKPOINT_PATH_KEY):
+        return record[CHECKPOINT_PATH_KEY]
+    return next((checkpoint.path for checkpoint, metrics in result.best_checkpoints or []
+                 if metrics.get("epoch") == record.get("epoch")), None)
+
+
 def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[str]
                ) -> list[TrialRow]:
     """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first."""
@@ -66,7 +76,7 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[st
             metric=math.nan if best is None else float(values[best]),
             best_epoch=-1 if best is None else int(records[best].get("epoch", best)) + 1,
             epochs=ran, status=status,
-            checkpoint=None if best is None else records[best].get(CHECKPOINT_PATH_KEY),
+            checkpoint=None if best is None else _checkpoint_of(result, records[best]),
         ))
     sign = -1.0 if mode == "max" else 1.0
     return sorted(rows, key=lambda r: (math.isnan(r.metric), sign * r.metric

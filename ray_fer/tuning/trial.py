@@ -1,19 +1,31 @@
 """One Tune trial = one ``ray_fer.train`` run with the trial's hyperparameters.
 
-Ray 2.60 (Train V2) no longer runs a ``TorchTrainer`` directly under a ``Tuner``: a Tune
-function trainable builds the trainer itself and forwards each per-epoch report to Tune
-through :class:`ray.tune.integration.ray_train.TuneReportCallback` (which also passes the
-checkpoint path). The trainable needs only a fraction of a CPU; the Train workers reserve
-their own resources.
+A one-worker trial (``resources.workers == 1`` and ``resources.in_trial``, the default)
+trains in the Tune trial's own process, which holds the worker's CPUs and GPU share and is
+reused from trial to trial (``reuse_actors``): no Ray Train controller, worker group,
+process group or dataset split coordinator to start, and torch, CUDA and Ray Data are
+already warm after the first trial. It runs the same epochs (:func:`run_worker`) on the
+same Ray Datasets, read directly instead of through Train's split, and reports to Tune,
+which keeps its checkpoints and restores a failed or restored trial from them.
+
+A DDP trial (several workers) builds a ``TorchTrainer`` itself (Ray 2.60's Train V2 no
+longer runs one directly under a ``Tuner``) and forwards each per-epoch report to Tune
+through :class:`ray.tune.integration.ray_train.TuneReportCallback`; its driver needs only
+a fraction of a CPU, the Train workers reserve their own resources.
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
 
 from ray_fer.config import Config, override
+
+#: CPU reserved by a DDP trial's driver; its Train workers reserve their own resources.
+TRIAL_DRIVER_CPU = 0.25
 
 
 def trial_config(base: dict, params: dict[str, Any], *, storage: str, name: str) -> Config:
@@ -29,19 +41,86 @@ def trial_config(base: dict, params: dict[str, Any], *, storage: str, name: str)
     return override(cfg, "run.name", name)
 
 
+def in_trial(cfg: Config) -> bool:
+    """Whether a trial of ``cfg`` trains in its own process (one worker, ``in_trial``)."""
+    return cfg.resources.workers == 1 and cfg.resources.in_trial
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What each trial's process reserves: the worker's CPUs, GPU share and custom
+    resources when it trains itself, else a fraction of a CPU to drive Ray Train."""
+    res = cfg.resources
+    if not in_trial(cfg):
+        return {"cpu": TRIAL_DRIVER_CPU}
+    return {"cpu": res.cpus_per_worker, **({"gpu": res.gpus_per_worker} if res.gpu else {}),
+            **res.custom}
+
+
+def trial_device(cfg: Config):
+    """The device of a trial that trains itself: the GPU Ray assigned it (the only one it
+    sees), else the CPU."""
+    import torch
+
+    if not cfg.resources.gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError("the trial was given a GPU share but sees no CUDA device; check "
+                           "the node's GPUs and CUDA_VISIBLE_DEVICES")
+    device = torch.device("cuda", 0)
+    torch.cuda.set_device(device)
+    return device
+
+
+def trial_session(cfg: Config, plan, method):
+    """The :class:`~ray_fer.train.loop.Session` of a trial that trains in its own process:
+    its device, the run's datasets, Tune's checkpoint to resume from, reports to Tune."""
+    from ray import tune
+
+    from ray_fer.data.stream import read_in_order
+    from ray_fer.train.checkpoint import META_FILE
+    from ray_fer.train.loop import Session, open_datasets
+
+    checkpoint = tune.get_checkpoint()
+    ordered = plan.start_epoch
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            ordered = json.loads((Path(folder) / META_FILE).read_text())["epoch"] + 1
+    datasets = {name: read_in_order(ds) for name, ds in open_datasets(cfg, plan, method).items()}
+    # The stream draws each epoch's block order from (seed, Ray Data's execution index).
+    datasets["train"].context._execution_idx = ordered
+
+    def report(metrics: dict, folder: str | None, name: str) -> None:
+        tune.report(metrics, checkpoint=None if folder is None
+                    else tune.Checkpoint.from_directory(folder))
+
+    return Session(rank=0, world=1, device=trial_device(cfg), checkpoint=checkpoint,
+                   sources=datasets, ordered_epoch=ordered, report=report)
+
+
 def run_trial(params: dict[str, Any], *, base: dict, storage: str) -> None:
     """Tune function trainable: train with ``params`` and report every epoch to Tune."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from ray_fer.train.loop import build_trainer, plan_run, run_location
+    from ray_fer.train.loop import (
+        build_trainer,
+        plan_run,
+        run_location,
+        run_worker,
+        write_run_config,
+    )
 
     cfg = trial_config(base, params, storage=storage, name=tune.get_context().get_trial_id())
     run = run_location(cfg)
     if run.fs.get_file_info(run.join("config.yaml")).type == pafs.FileType.File:
-        # The experiment was interrupted and restored: continue this trial's run.
+        # The experiment was interrupted and restored, or the trial failed: continue its run.
         cfg = override(cfg, "run.resume", True)
     method, plan = plan_run(cfg)
+    if in_trial(cfg):
+        write_run_config(cfg)
+        run_worker(plan, method, trial_session(cfg, plan, method))
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     result = build_trainer(cfg, method, plan, callbacks=[TuneReportCallback()]).fit()
     if result.error is not None:
         raise result.error

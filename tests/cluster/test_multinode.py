@@ -164,11 +164,14 @@ def _wait_job(head: RayNode, job_id: str, timeout: float) -> str:
 
 
 def _tune_caf(storage: str, name: str, epochs: int, *data: str) -> list[str]:
-    """The user's main job, ``python -m ray_fer.tune caf``, sized for two small nodes."""
+    """The user's main job, ``python -m ray_fer.tune caf``, sized for two small nodes, with
+    its trials on Ray Train (``resources.in_trial=false``, the path DDP trials take), whose
+    workers and checkpoints these tests follow across the nodes."""
     return ["python", "-m", "ray_fer.tune", "caf", *data, "--storage", storage,
             "--name", name, "--num-samples", "2", "--max-concurrent", "2", "--epochs",
             str(epochs), "--grace-period", str(epochs), "--workers-per-trial", "1",
-            "--cpus-per-worker", str(CPUS_PER_WORKER), "--set", "augment.enabled=false"]
+            "--cpus-per-worker", str(CPUS_PER_WORKER), "--set", "augment.enabled=false",
+            "--set", "resources.in_trial=false"]
 
 
 def test_submitted_caf_search_succeeds_over_both_nodes_with_results_in_s3(cluster, s3_server):

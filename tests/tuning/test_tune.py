@@ -72,6 +72,38 @@ def _rows(exp: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def _trial_dirs(exp: Path) -> list[Path]:
+    return sorted(d for d in exp.iterdir() if d.name.startswith("run_trial_"))
+
+
+def test_one_worker_trials_train_in_one_reused_trial_process(search):
+    """No Ray Train controller or worker per trial: every trial reports from the Tune trial
+    process itself, the same one for all four (one at a time), and Tune keeps the
+    checkpoints, where Ray Train would have kept them in the run folders."""
+    trials = _trial_dirs(search)
+    pids = {json.loads(line)["pid"] for trial in trials
+            for line in (trial / "result.json").read_text().splitlines()}
+    assert len(trials) == 4 and len(pids) == 1, pids
+    assert all(any(trial.glob("checkpoint_*")) for trial in trials)
+    assert not list((search / "train").glob("*/checkpoint_*"))
+
+
+def test_trials_can_run_on_ray_train_instead(shards, space_file, tmp_path):
+    """``resources.in_trial=false``: the path DDP trials always take (a TorchTrainer per
+    trial), with the checkpoints in the trial's run folder and the best one exported."""
+    try:
+        assert main(_args(shards, space_file, tmp_path, "rt", "--num-samples", "1",
+                          "--epochs", "1", "--set", "resources.in_trial=false")) == 0
+    finally:
+        ray.shutdown()
+    runs = list((tmp_path / "rt" / "train").iterdir())
+    assert len(runs) == 1
+    assert (runs[0] / "checkpoint_epoch-0000" / "meta.json").is_file()
+    assert not any(_trial_dirs(tmp_path / "rt")[0].glob("checkpoint_*"))
+    exported = json.loads((tmp_path / "rt" / "best_checkpoint" / "meta.json").read_text())
+    assert exported["epoch"] == 0
+
+
 def test_trials_run_with_values_inside_the_yaml_bounds(search, space_file):
     rows = _rows(search)
     assert len(rows) == 4
