@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -169,8 +170,10 @@ def _connect(cfg: Config) -> None:
 
 
 def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,
-                seed: int, resume: bool, max_failures: int = 1):
-    """A new or restored ``Tuner`` for the search."""
+                seed: int, resume: bool, max_failures: int = 1,
+                trial_fn: Callable[..., None] | None = None):
+    """A new or restored ``Tuner`` for the search (``trial_fn`` replaces
+    :func:`ray_fer.tuning.trial.run_trial`, with its signature)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -183,7 +186,8 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
     method = method_for(cfg.method)
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=cfg.to_dict(), storage=exp.child_uri("train")),
+        tune.with_parameters(trial_fn or run_trial, base=cfg.to_dict(),
+                             storage=exp.child_uri("train")),
         trial_resources(cfg))
     store = resolve(storage, cfg.data.endpoint)
     if resume:

@@ -1,23 +1,30 @@
 """A Ray Train worker killed with SIGKILL mid-epoch: the worker group restarts from the last
 checkpoint (``run.max_failures``), does not redo the epochs before it, and finishes the run
 exactly where an uninterrupted run with the same seed ends (CPU, deterministic algorithms,
-tiny model and shards): same metrics every epoch, same final weights."""
+tiny model and shards): same metrics every epoch, same final weights. The same for a
+one-worker Tune trial, which trains in its own process: Tune retries it from its
+checkpoint."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from support.tiny_shards import write_tiny_shards
 
 from ray_fer.config import build_config
 from ray_fer.train import loop
 from ray_fer.train.checkpoint import load_checkpoint
 from ray_fer.train.steps import CLASSIFY
+from ray_fer.tune import build_tuner
+from ray_fer.tuning.space import load_search_space
+from ray_fer.tuning.trial import run_trial
 
 pytestmark = pytest.mark.slow
 
@@ -126,3 +133,70 @@ def test_killed_worker_run_ends_with_the_uninterrupted_runs_metrics_and_weights(
     for name in a:
         for key, tensor in a[name].items():
             assert tensor.equal(b[name][key]), f"{name}.{key} differs after the restart"
+
+
+# ------------------------------------------------------- a one-worker Tune trial killed
+
+#: One trial, exactly the run above: its only searched key has one value, the run's own.
+TRIAL_SPACE = {"method": "deep_emotion", "search": {"optim.lr": {"choice": [3e-3]}}}
+
+
+def _dying_trial(params: dict, *, base: dict, storage: str) -> None:
+    """``run_trial`` with the training step of :func:`_dying_train`: the trial's own
+    process (it trains there, no Ray Train worker) SIGKILLs itself in epoch 2."""
+    loop.method_for = lambda name: dataclasses.replace(CLASSIFY, train_batch=_dying_train)
+    run_trial(params, base=base, storage=storage)
+
+
+def _search(cfg, space, storage: Path, trial_fn=None) -> list[dict]:
+    """A one-trial search of ``cfg`` (retried once after a failure): the trial's reports."""
+    tuner = build_tuner(cfg, space, {"num_samples": 1, "max_concurrent": 1,
+                                     "grace_period": EPOCHS, "reduction_factor": 2,
+                                     "time_budget_s": None},
+                        storage=str(storage), name="search", seed=0, resume=False,
+                        max_failures=1, trial_fn=trial_fn)
+    grid = tuner.fit()
+    assert grid[0].error is None, grid[0].error
+    (results,) = (storage / "search").glob("*/result.json")
+    return [json.loads(line) for line in results.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trials(tmp_path_factory):
+    """The reports of an uninterrupted one-worker trial and of the same trial whose process
+    is SIGKILLed in epoch 2 and retried by Tune."""
+    import ray.cloudpickle
+
+    tmp = tmp_path_factory.mktemp("trial-kill")
+    (tmp / "space.yaml").write_text(yaml.safe_dump(TRIAL_SPACE))
+    space = load_search_space(tmp / "space.yaml", lambda key, value: None)
+    ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        shards = write_tiny_shards(tmp / "shards", train=128)
+        clean = _search(_config(shards, tmp / "clean", "unused"), space, tmp / "clean")
+        killed = _search(_config(shards, tmp / "killed", "unused"), space, tmp / "killed",
+                         trial_fn=_dying_trial)
+    finally:
+        ray.shutdown()
+    return clean, killed, tmp / "killed" / "search" / "train"
+
+
+def test_killed_trial_process_is_retried_from_its_last_checkpoint(trials):
+    """Tune restarts the trial in a new process from the checkpoint it kept: epochs 0-1
+    are not trained again, the epoch cut short is, and the run ends with the uninterrupted
+    trial's metrics (the stream is ordered from the checkpoint's epoch)."""
+    clean, killed, storage = trials
+    killed_pid = int((storage / KILLED_MARK).read_text())
+    assert killed_pid != os.getpid()
+    trainers = {e: sorted(p.name.rsplit("pid", 1)[1] for p in storage.glob(f"{TRAINED}{e}-*"))
+                for e in range(EPOCHS)}
+    assert trainers[0] == [str(killed_pid)]
+    assert len(trainers[KILL_EPOCH]) == 2 and str(killed_pid) in trainers[KILL_EPOCH]
+    # An epoch trained again after the restart is reported again: keep its last report.
+    last = {r["epoch"]: r for r in killed}
+    assert sorted(last) == list(range(EPOCHS))
+    assert killed[0]["pid"] == killed_pid and last[EPOCHS - 1]["pid"] != killed_pid
+    keys = [k for k in clean[0] if k.startswith(("train_", "val_"))]
+    assert [{k: last[e][k] for k in keys} for e in range(EPOCHS)] == [
+        {k: r[k] for k in keys} for r in clean]
