@@ -186,11 +186,12 @@ def search(model: str, data: str, work: Path, *, trials: int, concurrent: int, e
         records.append({"began": first["timestamp"] - first["time_total_s"], "pid": first["pid"],
                         "startup_s": first["time_startup_s"],
                         "images_per_s": statistics.median(rates) if rates else math.nan})
+    records.sort(key=lambda r: r["began"])
     seen: set[int] = set()
-    for record in sorted(records, key=lambda r: r["began"]):
+    for record in records:
         record["reused"] = record["pid"] in seen
         seen.add(record["pid"])
-    return {"wall_s": wall, "trials": sorted(records, key=lambda r: r["began"])}
+    return {"wall_s": wall, "trials": records}
 
 
 def packing(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict:

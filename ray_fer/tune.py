@@ -154,19 +154,19 @@ def stored_base(exp: Location) -> Config:
 def _connect(cfg: Config) -> None:
     import ray
 
-    from ray_fer.cluster.runtime import job_env_vars
+    from ray_fer.cluster.runtime import job_runtime_env
 
     if ray.is_initialized():
         return
     # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
-    env = job_env_vars({"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+    env = job_runtime_env({"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env})
+        ray.init(runtime_env=env)
         return
     # Local mode: Train workers, Ray Data tasks and trial drivers share the machine's
     # cores; logical CPUs beyond the physical ones let small trials overlap their I/O.
     ray.init(num_cpus=max(os.cpu_count() or 1, 2 * cfg.resources.cpus_per_worker + 2),
-             runtime_env={"env_vars": env})
+             runtime_env=env)
 
 
 def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,

@@ -15,14 +15,10 @@ TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.1"
 
 
-def job_env_vars(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Variables for every worker and actor: the S3 endpoint and region, Ray Train's poll
-    interval (a value already set in this environment wins), then ``extra``."""
+def job_runtime_env(extra: dict[str, str] | None = None) -> dict:
+    """The ``runtime_env`` of a ray_fer driver's ``ray.init``: variables for every worker
+    and actor (the S3 endpoint and region, Ray Train's poll interval, a value already set
+    in this environment winning), then ``extra``."""
     env = ray_runtime_env().get("env_vars", {})
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV) or TRAIN_POLL_S
-    return env | (extra or {})
-
-
-def job_runtime_env(extra: dict[str, str] | None = None) -> dict:
-    """The ``runtime_env`` of a ray_fer driver's ``ray.init``."""
-    return {"env_vars": job_env_vars(extra)}
+    return {"env_vars": env | (extra or {})}

@@ -288,11 +288,8 @@ def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | 
                                           plan.run_uri, cfg.data.endpoint, plan.start_epoch)
     storage = resolve(cfg.run.storage, cfg.data.endpoint)
     res = cfg.resources
-    worker = {"CPU": res.cpus_per_worker} | res.custom
-    if res.gpu:
-        worker["GPU"] = res.gpus_per_worker
     scaling = ray.train.ScalingConfig(num_workers=res.workers, use_gpu=res.gpu,
-                                      resources_per_worker=worker,
+                                      resources_per_worker=worker_resources(cfg),
                                       placement_strategy=res.placement)
     run_config = ray.train.RunConfig(
         name=cfg.run.name,
@@ -309,6 +306,13 @@ def build_trainer(cfg: Config, method: Method, plan: Plan, *, callbacks: list | 
     return TorchTrainer(worker_fn or train_loop_per_worker, train_loop_config=asdict(plan),
                         scaling_config=scaling, run_config=run_config, datasets=datasets,
                         dataset_config=stream.data_config())
+
+
+def worker_resources(cfg: Config) -> dict[str, float]:
+    """What one worker of the run reserves: its CPUs, its GPU share, custom resources."""
+    res = cfg.resources
+    return {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.gpu else {}),
+            **res.custom}
 
 
 def write_run_config(cfg: Config) -> None:

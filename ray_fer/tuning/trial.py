@@ -47,13 +47,11 @@ def in_trial(cfg: Config) -> bool:
 
 
 def trial_resources(cfg: Config) -> dict[str, float]:
-    """What each trial's process reserves: the worker's CPUs, GPU share and custom
-    resources when it trains itself, else a fraction of a CPU to drive Ray Train."""
-    res = cfg.resources
-    if not in_trial(cfg):
-        return {"cpu": TRIAL_DRIVER_CPU}
-    return {"cpu": res.cpus_per_worker, **({"gpu": res.gpus_per_worker} if res.gpu else {}),
-            **res.custom}
+    """What each trial's process reserves: the worker's resources when it trains itself,
+    else a fraction of a CPU to drive Ray Train."""
+    from ray_fer.train.loop import worker_resources
+
+    return worker_resources(cfg) if in_trial(cfg) else {"CPU": TRIAL_DRIVER_CPU}
 
 
 def trial_device(cfg: Config):
