@@ -20,6 +20,8 @@ row are those of real training at that size.
     python benchmarks/throughput.py --models deep_emotion,resnet50 --batch-size resnet50=256
     python benchmarks/throughput.py --packing deep_emotion        # Tune trials per GPU
     python benchmarks/throughput.py --startup deep_emotion        # Tune trial → first step
+    python benchmarks/throughput.py --ddp resnet50,resnet50_icbam # DDP on every GPU vs one
+    python benchmarks/throughput.py --spread deep_emotion         # Tune trials/hour, all GPUs
 
 Prints a Markdown table; ``--json`` writes the numbers.
 """
@@ -158,7 +160,7 @@ def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
 
 
 def search(model: str, data: str, work: Path, *, trials: int, concurrent: int, epochs: int,
-           gpus: float, sets: tuple[str, ...] = ()) -> dict:
+           gpus: float, sets: tuple[str, ...] = (), space: Path | None = None) -> dict:
     """One ``python -m ray_fer.tune`` search of ``trials`` trials, ``concurrent`` at a time
     on ``gpus`` GPU each; its wall time and each trial's figures from Tune's results, in
     the order the trials started: its process (``reused``: a process an earlier trial ran
@@ -171,6 +173,8 @@ def search(model: str, data: str, work: Path, *, trials: int, concurrent: int, e
             "--epochs", str(epochs), "--grace-period", str(epochs)]
     if torch.cuda.is_available():
         args += ["--gpus-per-trial", str(gpus)]
+    if space is not None:
+        args += ["--space", str(space)]
     for item in sets:
         args += ["--set", item]
     started = time.perf_counter()
@@ -232,6 +236,71 @@ def startup(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict
     return out
 
 
+def gpu_count() -> int:
+    """GPUs of this machine (2 stand-ins in a --cpu-smoke run)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 2
+
+
+def ddp(model: str, work: Path, rows: int, epochs: int, batch: int | None, extra: dict) -> dict:
+    """Images/s of ``model`` trained data-parallel on every GPU of the machine (one Ray
+    Train worker per GPU, DDP, the same batch per worker) against one worker on one GPU."""
+    from ray_fer.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    gpus = gpu_count()
+    out: dict = {"model": model, "gpus": gpus}
+    for workers in (1, gpus):
+        cfg = config(model, data, work / "runs", f"{model}-ddp{workers}-{time.time_ns()}",
+                     epochs, batch, extra | {"resources.workers": workers})
+        out["batch_per_worker"] = cfg.train.batch_size
+        out[f"workers_{workers}"] = ray_path(cfg)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    out["scaling"] = out[f"workers_{gpus}"]["steady"] / out["workers_1"]["steady"]
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def l2_space(model: str, work: Path, batch: int) -> Path:
+    """A search of the L2 weight alone at a fixed batch: every trial does the same work."""
+    path = work / f"{model}-l2-space.yaml"
+    path.write_text(f"method: {model}\nfixed:\n  train.batch_size: {batch}\n"
+                    "search:\n  loss.l2: {loguniform: [1.0e-6, 1.0e-2]}\n")
+    return path
+
+
+def spread(model: str, work: Path, rows: int, epochs: int, trials: int, per_gpu: int) -> dict:
+    """Trials/hour of one search (``trials`` trials of the L2 weight, ``per_gpu`` trials
+    sharing each GPU) given one GPU of the machine, then all of them."""
+    import ray
+
+    from ray_fer.cluster.runtime import connect
+    from ray_fer.models.registry import model_defaults
+
+    defaults = model_defaults(model)
+    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    space = l2_space(model, work, build_config(model, "classify").train.batch_size)
+    gpus = gpu_count()
+    out: dict = {"model": model, "trials": trials, "per_gpu": per_gpu, "epochs": epochs}
+    for given in (1, gpus):
+        # Ray schedules trials on the GPUs it is given; the others stay idle.
+        connect(1, per_gpu * given, num_gpus=given if torch.cuda.is_available() else None,
+                extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+        try:
+            result = search(model, data, work, trials=trials, concurrent=per_gpu * given,
+                            epochs=epochs, gpus=1.0 / per_gpu, space=space)
+        finally:
+            ray.shutdown()
+        out[f"gpus_{given}"] = {
+            "wall_s": result["wall_s"], "trials_per_hour": trials * 3600 / result["wall_s"],
+            "startup_fresh_s": [t["startup_s"] for t in result["trials"] if not t["reused"]],
+            "images_per_s": statistics.median(t["images_per_s"] for t in result["trials"])}
+    out["scaling"] = out[f"gpus_{gpus}"]["trials_per_hour"] / out["gpus_1"]["trials_per_hour"]
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | input | batch | (a) plain img/s | (b) ray_fer img/s | (b)/(a) | "
              "epoch 0 (filling cache) img/s | streaming every epoch img/s | startup s |",
@@ -257,7 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--packing", metavar="MODEL", help="measure Tune trials packed per GPU")
     p.add_argument("--startup", metavar="MODEL",
                    help="measure Tune trial → first step, in the trial's process and on Train")
-    p.add_argument("--trials", type=int, default=4, help="trials at once on the GPU")
+    p.add_argument("--ddp", metavar="MODELS",
+                   help="measure DDP on every GPU against one worker (comma-separated models)")
+    p.add_argument("--spread", metavar="MODEL",
+                   help="measure a search's trials/hour on one GPU and on every GPU")
+    p.add_argument("--trials", type=int, default=4,
+                   help="trials at once on the GPU (--spread: trials in the search)")
+    p.add_argument("--per-gpu", type=int, default=4, help="--spread: trials sharing a GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile (train.compile)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="run on CPU (checks the script; the figures mean nothing)")
@@ -271,24 +346,29 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (epoch 0 compiles, warms up and fills the cache)")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    batches = dict(item.split("=") for item in args.batch_size)
+    batches = {m: int(n) for m, n in (item.split("=") for item in args.batch_size)}
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-throughput-"))
+    extra = {"train.compile": True} if args.compile else {}
     if args.packing:
         result: dict | list = packing(args.packing, work, args.rows, args.epochs, args.trials)
     elif args.startup:
         result = startup(args.startup, work, args.rows, args.epochs, args.trials)
+    elif args.spread:
+        result = spread(args.spread, work, args.rows, args.epochs, args.trials, args.per_gpu)
     else:
-        import ray
-
-        from ray_fer.cluster.runtime import job_runtime_env
+        from ray_fer.cluster.runtime import connect
 
         # Started here, so the first model's startup figure excludes starting Ray.
-        ray.init(runtime_env=job_runtime_env())
-        extra = {"train.compile": True} if args.compile else {}
-        result = [measure(m, work, args.rows, args.epochs,
-                          int(batches[m]) if m in batches else None, args.stream, extra)
-                  for m in args.models.split(",")]
-        print(table(result))
+        connect(1, gpu_count())
+        if args.ddp:
+            result = [ddp(m, work, args.rows, args.epochs,
+                          batches.get(m), extra)
+                      for m in args.ddp.split(",")]
+        else:
+            result = [measure(m, work, args.rows, args.epochs,
+                              batches.get(m), args.stream, extra)
+                      for m in args.models.split(",")]
+            print(table(result))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}, torch {torch.__version__}")
     if args.json:

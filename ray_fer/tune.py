@@ -23,13 +23,13 @@ TensorBoard files (``tensorboard --logdir <storage>/<name>``), ``results.csv``/`
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
+from ray_fer.cluster.runtime import connect
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
@@ -151,24 +151,6 @@ def stored_base(exp: Location) -> Config:
                           f"{exp.uri} a ray_fer search?") from None
 
 
-def _connect(cfg: Config) -> None:
-    import ray
-
-    from ray_fer.cluster.runtime import job_runtime_env
-
-    if ray.is_initialized():
-        return
-    # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
-    env = job_runtime_env({"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env)
-        return
-    # Local mode: Train workers, Ray Data tasks and trial drivers share the machine's
-    # cores; logical CPUs beyond the physical ones let small trials overlap their I/O.
-    ray.init(num_cpus=max(os.cpu_count() or 1, 2 * cfg.resources.cpus_per_worker + 2),
-             runtime_env=env)
-
-
 def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,
                 seed: int, resume: bool, max_failures: int = 1,
                 trial_fn: Callable[..., None] | None = None):
@@ -255,7 +237,10 @@ def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str)
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None = None
+         ) -> int:
+    """``python -m ray_fer.tune``; ``trial_fn`` replaces the trial function (see
+    :func:`build_tuner`)."""
     args = parser().parse_args(argv)
     name = args.name or f"{args.method}-search"
     try:
@@ -275,9 +260,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = stored_base(exp)
         else:
             write_text(exp, BASE_FILE, cfg.to_yaml())
-        _connect(cfg)
+        # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
+        connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
+                extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
-                            resume=args.resume, max_failures=args.max_failures)
+                            resume=args.resume, max_failures=args.max_failures,
+                            trial_fn=trial_fn)
     except UserError as exc:
         return print_error(exc)
     grid = tuner.fit()

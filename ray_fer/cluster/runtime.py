@@ -1,4 +1,5 @@
-"""The environment every Ray process of a ray_fer job gets (``ray.init(runtime_env=...)``)."""
+"""How a ray_fer driver joins Ray: the cluster at RAY_ADDRESS or a local Ray sized for the
+job, and the environment every Ray process of the job gets."""
 
 from __future__ import annotations
 
@@ -22,3 +23,23 @@ def job_runtime_env(extra: dict[str, str] | None = None) -> dict:
     env = ray_runtime_env().get("env_vars", {})
     env[TRAIN_POLL_ENV] = os.environ.get(TRAIN_POLL_ENV) or TRAIN_POLL_S
     return {"env_vars": env | (extra or {})}
+
+
+def connect(cpus_per_worker: int, workers: int = 1, *, num_gpus: int | None = None,
+            extra: dict[str, str] | None = None) -> None:
+    """Start Ray for this driver unless it runs: the cluster at RAY_ADDRESS, else local Ray
+    (``num_gpus``: the GPUs it may use, default all) with ``job_runtime_env(extra)``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = job_runtime_env(extra)
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env=env)
+        return
+    # Local Ray: workers (of one DDP run, or of two one-worker trials), their Ray Data reads
+    # and the trial drivers share the machine's cores. Logical CPUs beyond the physical ones
+    # let them all be scheduled (else a 2-worker run on 2 cores waits forever for a CPU to
+    # read its data) and let small trials overlap their I/O.
+    needed = max(workers, 2) * cpus_per_worker + 2
+    ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=num_gpus, runtime_env=env)

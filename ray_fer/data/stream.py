@@ -14,9 +14,10 @@ first epoch a worker may serve its rows from a :class:`DeviceCache` instead
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -38,9 +39,12 @@ from ray_fer.data.shard_source import (
 
 __all__ = [
     "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "AugmentConfig",
-    "augment_batch", "data_config", "epoch_seed", "iter_eval_batches", "iter_train_batches",
-    "normalise", "open_split", "apply_data_augmentation", "read_in_order",
+    "augment_batch", "data_config", "epoch_seed", "fetching_first", "iter_eval_batches",
+    "iter_train_batches", "normalise", "open_split", "apply_data_augmentation",
+    "read_in_order",
 ]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,39 @@ def _tensor_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_si
         local_shuffle_buffer_size=max(shuffle_buffer, batch_size) if shuffle_buffer else None,
         local_shuffle_seed=shuffle_seed if shuffle_buffer else None,
     )
+
+
+def fetching_first(items: Iterator[T]) -> Iterator[T]:
+    """``items``, its first item being fetched from now on in a daemon thread.
+
+    Lets a new worker start its data pipeline (Ray Data schedules read tasks, fills the
+    shuffle buffer) while it builds its model. The rest of ``items`` is read by the
+    caller, after the first item; an error of the first fetch is raised there.
+    """
+    done = threading.Event()
+    first: list[tuple[bool, Any]] = []  # (fetched, the item or the error)
+    end = object()
+
+    def fetch() -> None:
+        try:
+            first.append((True, next(items, end)))
+        except BaseException as exc:  # re-raised in the caller's thread
+            first.append((False, exc))
+        done.set()
+
+    threading.Thread(target=fetch, name="ray_fer-first-batch", daemon=True).start()
+
+    def rest() -> Iterator[T]:
+        done.wait()
+        fetched, item = first[0]
+        if not fetched:
+            raise item
+        if item is end:
+            return
+        yield item
+        yield from items
+
+    return rest()
 
 
 def _finish(batch: dict[str, torch.Tensor], images: torch.Tensor, channels_last: bool

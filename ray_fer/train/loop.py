@@ -360,14 +360,11 @@ def finish_run(cfg: Config, result, targets: str = "") -> RunOutcome:
 
 def train(cfg: Config) -> RunOutcome:
     """Run ``cfg`` to the end on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
-    import ray
-
-    from ray_fer.cluster.runtime import job_runtime_env
+    from ray_fer.cluster.runtime import connect
 
     cfg = with_run_name(cfg)
     method, plan = plan_run(cfg)
-    if not ray.is_initialized():
-        ray.init(runtime_env=job_runtime_env())
+    connect(cfg.resources.cpus_per_worker, cfg.resources.workers)
     trainer = build_trainer(cfg, method, plan)
     outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
     if method.after_run is not None:
@@ -479,18 +476,24 @@ def _batches(it: Iterator[dict], info: DataInfo, channels_last: bool) -> Iterato
         yield fit_batch(batch, info, channels_last)
 
 
-def _train_epoch(method: Method, state: TrainState, source: stream.Source, group, rank: int,
-                 channels_last: bool, recorder: CacheRecorder | None = None
-                 ) -> tuple[Sums, int, float]:
-    """Sums and steps of one epoch, and the wall-clock time its first step was launched."""
+def _epoch_batches(cfg: Config, info: DataInfo, device: torch.device, source: stream.Source,
+                   epoch: int, rank: int, channels_last: bool,
+                   recorder: CacheRecorder | None) -> Iterator[dict]:
+    """The training batches of ``epoch`` from ``source`` (lazy: nothing is read yet)."""
+    return _batches(stream.iter_train_batches(
+        source, batch_size=cfg.train.batch_size, device=device, augment=cfg.augment,
+        seed=cfg.train.seed, epoch=epoch, channels_last=channels_last, drop_last=True,
+        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank, recorder=recorder),
+        info, channels_last)
+
+
+def _train_epoch(method: Method, state: TrainState, source: stream.Source,
+                 batches: Iterator[dict], group) -> tuple[Sums, int, float]:
+    """Sums and steps of one epoch over ``batches`` (read from ``source``), and the
+    wall-clock time its first step was launched."""
     cfg = state.cfg
     for module in state.modules.values():
         module.train()
-    batches = _batches(stream.iter_train_batches(
-        source, batch_size=cfg.train.batch_size, device=state.device, augment=cfg.augment,
-        seed=cfg.train.seed, epoch=state.epoch, channels_last=channels_last, drop_last=True,
-        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank, recorder=recorder),
-        state.info, channels_last)
     sums: Sums = {}
     first_step_at = math.nan
     if isinstance(source, DeviceCache):
@@ -499,7 +502,7 @@ def _train_epoch(method: Method, state: TrainState, source: stream.Source, group
         for step, batch in enumerate(itertools.islice(batches, steps)):
             first_step_at = time.time() if step == 0 else first_step_at
             _accumulate(sums, method.train_batch(state, batch))
-        return sums, steps, first_step_at
+        return sums, _some(steps, cfg), first_step_at
     steps = 0
     while True:
         batch = next(batches, None)
@@ -512,7 +515,19 @@ def _train_epoch(method: Method, state: TrainState, source: stream.Source, group
     # execution index, hence the next epoch's block order, advances only then).
     for _ in batches:
         pass
-    return sums, steps, first_step_at
+    return sums, _some(steps, cfg), first_step_at
+
+
+def _some(steps: int, cfg: Config) -> int:
+    """``steps``, unless the epoch had none (every worker agrees on the count)."""
+    if steps == 0:
+        # Workers receive whole blocks of the train split; one may get less than a batch.
+        raise ConfigError(
+            f"config key 'train.batch_size': an epoch ran no training step: a worker received "
+            f"fewer than {cfg.train.batch_size} training rows ({cfg.resources.workers} "
+            f"workers share the train split in blocks of {stream.BLOCK_BYTES // 2**20} MiB); "
+            "lower train.batch_size or resources.workers")
+    return steps
 
 
 @torch.no_grad()
@@ -687,37 +702,52 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
     cfg = Config.from_dict(plan.config)
     session = session or ray_train_session(plan)
     rank, world, device = session.rank, session.world, session.device
-    torch.set_num_threads(cfg.resources.cpus_per_worker)
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    else:
-        torch.backends.cudnn.benchmark = True
     channels_last = device.type == "cuda" and cfg.train.channels_last
     info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
                     channels=plan.channels)
-    state = build_state(method, cfg, info, device, plan.steps_per_epoch)
+    loaded = None
     progress = Progress()
     if session.checkpoint is not None:
         with session.checkpoint.as_directory() as folder:
             loaded = load_checkpoint(folder, map_location=device)
-        loaded.restore(state.modules, state.optimizers, state.schedulers)
         progress = loaded.progress
         if progress.next_epoch != session.ordered_epoch:
             log.warning("resuming at epoch %d but the stream was ordered for epoch %d: the "
                         "data order of the remaining epochs differs from an uninterrupted run",
                         progress.next_epoch, session.ordered_epoch)
-    state.train_modules = {k: wrap_module(m, cfg, device, world) for k, m in state.modules.items()}
-    # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
-    group = dist.new_group(backend="gloo") if world > 1 else None
+    first_epoch = progress.next_epoch
     sources = dict(session.sources)
     budget = cache_budget(cfg.data.cache, device, cfg.data.cache_fraction)
     # Rows augmented by Ray Data must be read anew each epoch to get new augmentations.
     cacheable = ["val"] if cfg.augment.enabled and cfg.augment.where == "data" else [
         "train", "val"]
+
+    def epoch_input(epoch: int) -> tuple[dict[str, CacheRecorder], Iterator[dict]]:
+        recorders = {name: CacheRecorder(budget) for name in cacheable
+                     if budget and not isinstance(sources[name], DeviceCache)}
+        return recorders, _epoch_batches(cfg, info, device, sources["train"], epoch, rank,
+                                         channels_last, recorders.get("train"))
+
+    # The data pipeline starts (tasks, first blocks, shuffle buffer) while torch sets up
+    # and builds the model and optimiser: in a new process both take seconds (on a GPU
+    # 6-7 s each, 4 trials starting at once).
+    recorders, batches = epoch_input(first_epoch)
+    if first_epoch < cfg.train.epochs:
+        batches = stream.fetching_first(batches)
+    torch.set_num_threads(cfg.resources.cpus_per_worker)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cudnn.benchmark = True
+    state = build_state(method, cfg, info, device, plan.steps_per_epoch)
+    if loaded is not None:
+        loaded.restore(state.modules, state.optimizers, state.schedulers)
+    state.train_modules = {k: wrap_module(m, cfg, device, world) for k, m in state.modules.items()}
+    # A CPU-side group for control flags and metric sums: no GPU sync, works beside NCCL.
+    group = dist.new_group(backend="gloo") if world > 1 else None
     scalars = _Scalars(plan.run_uri, cfg.data.endpoint) if rank == 0 else None
     if scalars is not None and plan.targets:
         scalars.writer.add_text("run/targets", plan.targets)
-    first_epoch = progress.next_epoch
     # Rank 0 keeps a few validation faces to explain at each new best epoch.
     explainable = rank == 0 and cfg.train.explain_images > 0 and method.family in (
         "classify", "caf")
@@ -726,12 +756,11 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
         for epoch in range(first_epoch, cfg.train.epochs):
             state.epoch = epoch
             seed_everything(stream.epoch_seed(cfg.train.seed, epoch, rank))
-            recorders = {name: CacheRecorder(budget) for name in cacheable
-                         if budget and not isinstance(sources[name], DeviceCache)}
+            if epoch > first_epoch:
+                recorders, batches = epoch_input(epoch)
             started = time.perf_counter()
             train_sums, steps, first_step_at = _train_epoch(
-                method, state, sources["train"], group, rank, channels_last,
-                recorders.get("train"))
+                method, state, sources["train"], batches, group)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)  # time the work, not the kernel launches
             train_time = time.perf_counter() - started

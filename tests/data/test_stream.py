@@ -7,6 +7,7 @@ bucket), a real local Ray (2 CPUs, no dashboard), a real 2-worker ``TorchTrainer
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from ray_fer.data.stream import (
     augment_batch,
     data_config,
     epoch_seed,
+    fetching_first,
     iter_eval_batches,
     iter_train_batches,
     open_split,
@@ -346,3 +348,26 @@ def test_two_torch_workers_see_disjoint_rows_covering_each_split_every_epoch(
             assert len(a) == len(seen[0][split][epoch]) and len(b) == len(seen[1][split][epoch])
             assert a and b and not a & b, f"{split} epoch {epoch}: workers overlap"
             assert a | b == want, f"{split} epoch {epoch}: rows missing or foreign"
+
+
+def test_fetching_first_starts_reading_before_the_caller_asks_and_keeps_the_order():
+    started = threading.Event()
+
+    def items():
+        started.set()
+        yield from range(5)
+
+    out = fetching_first(items())
+    assert started.wait(10), "the first item was not fetched until the caller iterated"
+    assert list(out) == [0, 1, 2, 3, 4]
+    assert list(fetching_first(iter(()))) == []
+
+
+def test_fetching_first_raises_the_first_fetch_error_in_the_callers_thread():
+    def failing():
+        raise OSError("shard unreadable")
+        yield
+
+    out = fetching_first(failing())
+    with pytest.raises(OSError, match="shard unreadable"):
+        next(out)

@@ -168,6 +168,16 @@ def test_two_cpu_workers_train_on_disjoint_rows_of_the_other_folds(local_ray, sh
     assert result.metrics["rows_val"] == 64
 
 
+def test_a_worker_left_without_a_batch_stops_the_run_with_what_to_change(local_ray,
+                                                                          tmp_path):
+    """64 train rows are one block: one of two workers gets them all, the other none (the
+    plan's total-rows check passes), so the epoch would run no step at all."""
+    one_block = write_tiny_shards(tmp_path / "one-block", train=64, val=64)
+    cfg = config(one_block, tmp_path, "starved", epochs=1, **{"resources.workers": 2})
+    with pytest.raises(Exception, match="an epoch ran no training step.*resources.workers"):
+        loop.train(cfg)
+
+
 def test_fold_protocol_trains_on_the_other_folds(shards, tmp_path):
     _, plan = loop.plan_run(config(shards, tmp_path, "fold1", epochs=1, **{"data.fold": 1}))
     assert plan.train_rows == 256 - 64

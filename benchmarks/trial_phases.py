@@ -1,0 +1,140 @@
+"""Where a Tune trial's start goes: wall-clock marks of each phase, per trial.
+
+Runs ``python -m ray_fer.tune MODEL`` with a trial function that times, inside each
+trial's process, the phases between the trial's start and its first training step: the
+run's plan, its device, the model and optimiser build (``build_state``), the first training
+batch (``first_batch``: from asking the data pipeline to getting the batch) and the end of
+the first step. Phases are timed by wrapping ray_fer's own functions in the trial's
+process; nothing else changes. Trials in a new process (the first ``--concurrent``) and in a
+reused one are told apart by their process id.
+
+    python benchmarks/trial_phases.py deep_emotion --trials 8 --concurrent 4 --gpus-per-trial 0.25
+
+Prints one line per trial (seconds since the trial function started: phase start + its
+duration) and writes them as JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+#: ray_fer functions whose (start, duration) each trial records, by module.
+TIMED = {"ray_fer.train.loop": ("plan_run", "open_datasets", "build_state"),
+         "ray_fer.tuning.trial": ("trial_device",)}
+
+
+def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str) -> None:
+    """``run_trial`` with its phases timed; writes ``marks-<pid>-<n>.json`` to ``marks_dir``."""
+    import functools
+    import importlib
+    import time
+
+    import ray_fer.train.loop as loop
+    import ray_fer.tuning.trial as trial
+
+    run_trial = trial.run_trial
+    started = time.time()
+    marks: dict = {"pid": os.getpid()}
+    restore = []
+
+    def wrap(module, name: str, record) -> None:
+        original = getattr(module, name)
+        restore.append((module, name, original))
+        setattr(module, name, functools.wraps(original)(record(original, name)))
+
+    def call(original, name):
+        def timed(*args, **kwargs):
+            t = time.time()
+            out = original(*args, **kwargs)
+            marks.setdefault(name, [round(t - started, 3), round(time.time() - t, 3)])
+            return out
+        return timed
+
+    def first_batch(original, name):
+        def batches(*args, **kwargs):
+            t = time.time()
+            for i, batch in enumerate(original(*args, **kwargs)):
+                if i == 0:
+                    marks.setdefault("first_batch",
+                                     [round(t - started, 3), round(time.time() - t, 3)])
+                yield batch
+        return batches
+
+    def first_step_done(original, name):
+        def accumulate(*args, **kwargs):
+            marks.setdefault("first_step_done", round(time.time() - started, 3))
+            return original(*args, **kwargs)
+        return accumulate
+
+    for module_name, names in TIMED.items():
+        for name in names:
+            wrap(importlib.import_module(module_name), name, call)
+    wrap(loop, "_batches", first_batch)  # recorded as "first_batch"
+    wrap(loop, "_accumulate", first_step_done)
+    try:
+        run_trial(params, base=base, storage=storage)
+    finally:
+        for module, name, original in restore:
+            setattr(module, name, original)
+        marks["total"] = round(time.time() - started, 3)
+        path = Path(marks_dir) / f"marks-{time.time_ns()}-{os.getpid()}.json"
+        path.write_text(json.dumps(marks))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("--data", help="shard prefix (default: procedural faces, --rows of them)")
+    p.add_argument("--rows", type=int, default=8400)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--concurrent", type=int, default=4)
+    p.add_argument("--gpus-per-trial", type=float, default=0.25)
+    p.add_argument("--work", help="folder for shards, runs and marks (default: a temp folder)")
+    p.add_argument("--json", help="write the marks here")
+    args = p.parse_args(argv)
+    import functools
+
+    import torch
+
+    from ray_fer import tune
+    from ray_fer.models.registry import model_defaults
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-phases-"))
+    data = args.data
+    if data is None:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from throughput import faces
+
+        defaults = model_defaults(args.model)
+        data = faces(work, defaults.image_size, defaults.in_channels, args.rows)
+    marks_dir = work / f"marks-{os.getpid()}"
+    marks_dir.mkdir(parents=True)
+    argv_ = [args.model, "--data", data, "--storage", str(work / "searches"),
+             "--name", marks_dir.name, "--num-samples", str(args.trials),
+             "--max-concurrent", str(args.concurrent), "--epochs", "1", "--grace-period", "1"]
+    if torch.cuda.is_available():
+        argv_ += ["--gpus-per-trial", str(args.gpus_per_trial)]
+    trial_fn = functools.partial(timed_trial, marks_dir=str(marks_dir))
+    code = tune.main(argv_, trial_fn=trial_fn)
+    if code != 0:
+        return code
+    records, seen = [], set()
+    for path in sorted(marks_dir.glob("marks-*.json")):  # in the order trials ended
+        record = json.loads(path.read_text())
+        record["process"] = "reused" if record["pid"] in seen else "new"
+        seen.add(record["pid"])
+        records.append(record)
+        print(json.dumps(record))
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""How a driver joins Ray: a local Ray sized so a run's workers leave CPUs for its data
+reads, and the environment every process of the job gets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import ray
+
+from ray_fer.cluster.runtime import TRAIN_POLL_ENV, connect, job_runtime_env
+
+
+def test_runtime_env_polls_ray_train_often_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv(TRAIN_POLL_ENV, raising=False)
+    assert job_runtime_env({"X": "1"})["env_vars"][TRAIN_POLL_ENV] == "0.1"
+    assert job_runtime_env({"X": "1"})["env_vars"]["X"] == "1"
+    monkeypatch.setenv(TRAIN_POLL_ENV, "2")
+    assert job_runtime_env()["env_vars"][TRAIN_POLL_ENV] == "2"
+
+
+@pytest.mark.slow
+def test_local_ray_leaves_cpus_for_data_reads_beside_every_worker(monkeypatch):
+    """Four one-CPU workers on a 2-core machine: without the extra logical CPUs the
+    workers take them all and Ray Data's read tasks wait forever."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert not ray.is_initialized()
+    connect(1, 4, extra={"RAY_FER_TEST": "1"})
+    try:
+        assert ray.cluster_resources()["CPU"] >= max(os.cpu_count() or 1, 4 + 2)
+
+        @ray.remote
+        def env() -> tuple[str | None, str | None]:
+            return os.environ.get("RAY_FER_TEST"), os.environ.get(TRAIN_POLL_ENV)
+
+        assert ray.get(env.remote()) == ("1", job_runtime_env()["env_vars"][TRAIN_POLL_ENV])
+    finally:
+        ray.shutdown()
