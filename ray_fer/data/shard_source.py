@@ -40,6 +40,9 @@ PASSTHROUGH_COLUMNS = ("label_name", "subject_id", "split", "fold", "dataset", "
 #: Bytes per Ray block: small blocks keep the split across workers balanced (a worker
 #: gets whole blocks) at a negligible per-block cost.
 BLOCK_BYTES = 2 * 2**20
+#: Blocks per dataset at least (rows allowing): workers receive whole blocks, so a small
+#: split (CK+, JAFFE: one 2 MiB block) must be cut finer for every DDP worker to get rows.
+MIN_BLOCKS = 32
 #: Row ids are ``shard index * ROW_ID_STRIDE + row index in the shard``.
 ROW_ID_STRIDE = 2**32
 
@@ -247,7 +250,8 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
     2**32 + row index in the shard (stable across runs and selections); stored columns
     of :data:`PASSTHROUGH_COLUMNS` may be asked for too.
 
-    Blocks hold about ``block_bytes``. Row order is shard order; with ``shuffle_seed``
+    Blocks hold about ``block_bytes``, less for a selection under ``MIN_BLOCKS`` of them
+    (at least a row each). Row order is shard order; with ``shuffle_seed``
     (for training splits) every epoch reads shards and their row groups in a new order
     drawn from (``shuffle_seed``, epoch), streaming (no epoch-wide materialisation); rows
     inside a row group keep their order (mix them with
@@ -275,7 +279,10 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
                                  None if shuffle_seed is None else int(shuffle_seed))
     ds = ray.data.read_datasource(source, override_num_blocks=len(reads))
     ds.context.execution_options.preserve_order = preserve_order
-    ds.context.target_max_block_size = int(block_bytes)
+    rows = (sum(sum(manifest.counts[s].values()) for s in splits) if splits is not None
+            else sum(s.rows for s in manifest.shards))
+    ds.context.target_max_block_size = max(row_bytes, min(int(block_bytes),
+                                                          rows * row_bytes // MIN_BLOCKS))
     return ds, manifest
 
 

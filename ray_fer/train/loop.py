@@ -525,8 +525,8 @@ def _some(steps: int, cfg: Config) -> int:
         raise ConfigError(
             f"config key 'train.batch_size': an epoch ran no training step: a worker received "
             f"fewer than {cfg.train.batch_size} training rows ({cfg.resources.workers} "
-            f"workers share the train split in blocks of {stream.BLOCK_BYTES // 2**20} MiB); "
-            "lower train.batch_size or resources.workers")
+            "workers share the train split in whole blocks of rows); lower "
+            "train.batch_size or resources.workers")
     return steps
 
 

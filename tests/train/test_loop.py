@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+import torch
 from support.tiny_shards import write_tiny_shards
 
-from ray_fer.config import build_config
+from ray_fer.config import ConfigError, build_config
 from ray_fer.train import loop
-from ray_fer.train.steps import CLASSIFY
+from ray_fer.train.steps import CLASSIFY, DataInfo
 
 pytestmark = pytest.mark.slow
 
@@ -168,14 +169,24 @@ def test_two_cpu_workers_train_on_disjoint_rows_of_the_other_folds(local_ray, sh
     assert result.metrics["rows_val"] == 64
 
 
-def test_a_worker_left_without_a_batch_stops_the_run_with_what_to_change(local_ray,
-                                                                          tmp_path):
-    """64 train rows are one block: one of two workers gets them all, the other none (the
-    plan's total-rows check passes), so the epoch would run no step at all."""
-    one_block = write_tiny_shards(tmp_path / "one-block", train=64, val=64)
-    cfg = config(one_block, tmp_path, "starved", epochs=1, **{"resources.workers": 2})
-    with pytest.raises(Exception, match="an epoch ran no training step.*resources.workers"):
-        loop.train(cfg)
+def test_two_workers_both_train_on_a_split_smaller_than_one_block(local_ray, tmp_path):
+    """64 training faces fill a fraction of one 2 MiB block; workers receive whole blocks,
+    so the split is cut finer (``MIN_BLOCKS``) and each worker trains on half of it."""
+    small = write_tiny_shards(tmp_path / "small", train=64, val=64)
+    cfg = config(small, tmp_path, "small", epochs=1,
+                 **{"resources.workers": 2, "train.batch_size": 16})
+    metrics = loop.train(cfg).metrics
+    assert metrics["steps"] == 2 and metrics["rows_train"] == 64
+
+
+def test_an_epoch_without_a_training_step_stops_the_run_with_what_to_change(shards, tmp_path):
+    cfg = config(shards, tmp_path, "no-steps", epochs=1, **{"resources.workers": 2})
+    method, plan = loop.plan_run(cfg)
+    info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
+                    channels=plan.channels)
+    state = loop.build_state(method, cfg, info, torch.device("cpu"), plan.steps_per_epoch)
+    with pytest.raises(ConfigError, match="an epoch ran no training step.*resources.workers"):
+        loop._train_epoch(method, state, None, iter(()), None)
 
 
 def test_fold_protocol_trains_on_the_other_folds(shards, tmp_path):
