@@ -40,9 +40,6 @@ PASSTHROUGH_COLUMNS = ("label_name", "subject_id", "split", "fold", "dataset", "
 #: Bytes per Ray block: small blocks keep the split across workers balanced (a worker
 #: gets whole blocks) at a negligible per-block cost.
 BLOCK_BYTES = 2 * 2**20
-#: Blocks per dataset at least (rows allowing): workers receive whole blocks, so a small
-#: split (CK+, JAFFE: one 2 MiB block) must be cut finer for every DDP worker to get rows.
-MIN_BLOCKS = 32
 #: Row ids are ``shard index * ROW_ID_STRIDE + row index in the shard``.
 ROW_ID_STRIDE = 2**32
 
@@ -240,7 +237,8 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
                folds: Sequence[int] | None = None, exclude_folds: Sequence[int] | None = None,
                endpoint: str | None = None, columns: Sequence[str] | None = None,
                shuffle_seed: int | None = None, preserve_order: bool = True,
-               block_bytes: int = BLOCK_BYTES) -> tuple[ray.data.Dataset, Manifest]:
+               block_bytes: int = BLOCK_BYTES, min_blocks: int = 1
+               ) -> tuple[ray.data.Dataset, Manifest]:
     """The rows of ``uri``'s shards in ``splits`` (and ``folds``, minus ``exclude_folds``).
 
     Refuses a prefix without a valid manifest and reads only the shards it lists. Columns
@@ -250,8 +248,10 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
     2**32 + row index in the shard (stable across runs and selections); stored columns
     of :data:`PASSTHROUGH_COLUMNS` may be asked for too.
 
-    Blocks hold about ``block_bytes``, less for a selection under ``MIN_BLOCKS`` of them
-    (at least a row each). Row order is shard order; with ``shuffle_seed``
+    Blocks hold about ``block_bytes``, less where the selection would make fewer than
+    ``min_blocks`` of them (at least a row each): DDP workers receive whole blocks, so a
+    small split (CK+: one 2 MiB block) must be cut finer for every worker to get rows.
+    Row order is shard order; with ``shuffle_seed``
     (for training splits) every epoch reads shards and their row groups in a new order
     drawn from (``shuffle_seed``, epoch), streaming (no epoch-wide materialisation); rows
     inside a row group keep their order (mix them with
@@ -282,7 +282,7 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
     rows = (sum(sum(manifest.counts[s].values()) for s in splits) if splits is not None
             else sum(s.rows for s in manifest.shards))
     ds.context.target_max_block_size = max(row_bytes, min(int(block_bytes),
-                                                          rows * row_bytes // MIN_BLOCKS))
+                                                          rows * row_bytes // min_blocks))
     return ds, manifest
 
 

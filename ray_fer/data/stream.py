@@ -408,9 +408,9 @@ def data_config(*, datasets_to_split: Sequence[str] | str = "all",
     must not assume equal step counts: wrap the epoch in
     ``torch.distributed.algorithms.Join([model])`` (DDP supports it) or all-reduce the
     step count and stop collectives together; evaluation must all-reduce sums (correct,
-    count), never average per-worker means. :func:`open_split` cuts a small split into at
-    least ``MIN_BLOCKS`` blocks so that each worker gets rows; with more workers than
-    blocks, some get none. Every worker must still iterate every split it was given
+    count), never average per-worker means. ``open_split(min_blocks=...)`` cuts a small
+    split into enough blocks for each worker to get rows; with more workers than blocks,
+    some get none. Every worker must still iterate every split it was given
     once per epoch (to the end or not at all, like the others): an epoch of a split starts
     only when all workers ask for it. On a small node, give the train workers fewer CPUs
     than the node has (e.g. ``resources_per_worker={"CPU": 0.5}`` on 2 CPUs), else Ray

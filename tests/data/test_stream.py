@@ -252,6 +252,14 @@ def test_augment_config_from_yaml_mapping_checks_names_and_ranges():
 # --------------------------------------------------------------------------- iteration
 
 
+def test_min_blocks_cuts_a_small_split_finer_and_keeps_every_row(ray_local, prefix):
+    whole, _ = open_split(prefix, splits=["train"])
+    cut, _ = open_split(prefix, splits=["train"], min_blocks=16)
+    whole, cut = whole.materialize(), cut.materialize()
+    assert whole.num_blocks() < 16 <= cut.num_blocks()
+    assert sorted(_all(cut)["row"].tolist()) == sorted(_all(whole)["row"].tolist())
+
+
 def test_iter_eval_batches_yields_every_row_normalised(ray_local, prefix, faces):
     ds, _ = open_split(prefix)
     batches = list(iter_eval_batches(ds, batch_size=16, device=torch.device("cpu"),

@@ -171,7 +171,7 @@ def test_two_cpu_workers_train_on_disjoint_rows_of_the_other_folds(local_ray, sh
 
 def test_two_workers_both_train_on_a_split_smaller_than_one_block(local_ray, tmp_path):
     """64 training faces fill a fraction of one 2 MiB block; workers receive whole blocks,
-    so the split is cut finer (``MIN_BLOCKS``) and each worker trains on half of it."""
+    so the split is cut finer (``BLOCKS_PER_WORKER``) and each worker trains on half."""
     small = write_tiny_shards(tmp_path / "small", train=64, val=64)
     cfg = config(small, tmp_path, "small", epochs=1,
                  **{"resources.workers": 2, "train.batch_size": 16})
