@@ -45,6 +45,7 @@ import torch
 from ray_fer.config import Config, build_config
 from ray_fer.data import stream
 from ray_fer.data.shards import decode_images, read_manifest
+from ray_fer.models.registry import model_defaults
 from ray_fer.storage import resolve
 from ray_fer.train import loop
 from ray_fer.train.steps import DataInfo
@@ -65,6 +66,12 @@ def faces(root: Path, size: int, channels: int, rows: int) -> str:
                reader_options={"subjects": subjects, "images_per_subject": 70, "size": size},
                progress=False)
     return uri
+
+
+def model_faces(root: Path, model: str, rows: int) -> str:
+    """:func:`faces` at ``model``'s input size and channels."""
+    defaults = model_defaults(model)
+    return faces(root, defaults.image_size, defaults.in_channels, rows)
 
 
 def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: int | None,
@@ -138,10 +145,8 @@ def ray_path(cfg: Config) -> dict:
 
 def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
             with_stream: bool, extra: dict) -> dict:
-    from ray_fer.models.registry import model_defaults
-
     defaults = model_defaults(model)
-    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    data = model_faces(work, model, rows)
     cfg = config(model, data, work / "runs", f"{model}-cached-{time.time_ns()}", epochs, batch,
                  extra)
     row = {"model": model, "size": defaults.image_size, "channels": defaults.in_channels,
@@ -200,10 +205,7 @@ def search(model: str, data: str, work: Path, *, trials: int, concurrent: int, e
 
 def packing(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict:
     """Aggregate images/s of ``trials`` Tune trials sharing one GPU vs one trial alone."""
-    from ray_fer.models.registry import model_defaults
-
-    defaults = model_defaults(model)
-    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    data = model_faces(work, model, rows)
     out: dict = {"model": model, "trials": trials}
     for label, n in (("alone", 1), ("packed", trials)):
         result = search(model, data, work, trials=n, concurrent=n, epochs=epochs, gpus=1.0 / n)
@@ -219,10 +221,7 @@ def startup(model: str, work: Path, rows: int, epochs: int, trials: int) -> dict
     """Trial → first training step: ``2 * trials`` trials, ``trials`` at a time sharing one
     GPU, trained in the trial's own process (the default) and through Ray Train; fresh
     processes (the first round) and reused ones reported apart."""
-    from ray_fer.models.registry import model_defaults
-
-    defaults = model_defaults(model)
-    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    data = model_faces(work, model, rows)
     out: dict = {"model": model, "trials": 2 * trials, "concurrent": trials, "epochs": epochs}
     for label, in_trial in (("in_trial", "true"), ("ray_train", "false")):
         result = search(model, data, work, trials=2 * trials, concurrent=trials, epochs=epochs,
@@ -244,10 +243,7 @@ def gpu_count() -> int:
 def ddp(model: str, work: Path, rows: int, epochs: int, batch: int | None, extra: dict) -> dict:
     """Images/s of ``model`` trained data-parallel on every GPU of the machine (one Ray
     Train worker per GPU, DDP, the same batch per worker) against one worker on one GPU."""
-    from ray_fer.models.registry import model_defaults
-
-    defaults = model_defaults(model)
-    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    data = model_faces(work, model, rows)
     gpus = gpu_count()
     out: dict = {"model": model, "gpus": gpus}
     for workers in (1, gpus):
@@ -276,10 +272,7 @@ def spread(model: str, work: Path, rows: int, epochs: int, trials: int, per_gpu:
     import ray
 
     from ray_fer.cluster.runtime import connect
-    from ray_fer.models.registry import model_defaults
-
-    defaults = model_defaults(model)
-    data = faces(work, defaults.image_size, defaults.in_channels, rows)
+    data = model_faces(work, model, rows)
     space = l2_space(model, work, build_config(model, "classify").train.batch_size)
     gpus = gpu_count()
     out: dict = {"model": model, "trials": trials, "per_gpu": per_gpu, "epochs": epochs}

@@ -103,16 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from ray_fer import tune
-    from ray_fer.models.registry import model_defaults
 
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-phases-"))
     data = args.data
     if data is None:
         sys.path.insert(0, str(Path(__file__).parent))
-        from throughput import faces
+        from throughput import model_faces
 
-        defaults = model_defaults(args.model)
-        data = faces(work, defaults.image_size, defaults.in_channels, args.rows)
+        data = model_faces(work, args.model, args.rows)
     marks_dir = work / f"marks-{os.getpid()}"
     marks_dir.mkdir(parents=True)
     argv_ = [args.model, "--data", data, "--storage", str(work / "searches"),

@@ -279,8 +279,7 @@ def open_split(uri: str, *, splits: Sequence[str] | None = None,
                                  None if shuffle_seed is None else int(shuffle_seed))
     ds = ray.data.read_datasource(source, override_num_blocks=len(reads))
     ds.context.execution_options.preserve_order = preserve_order
-    rows = (sum(sum(manifest.counts[s].values()) for s in splits) if splits is not None
-            else sum(s.rows for s in manifest.shards))
+    rows = manifest.num_rows if splits is None else manifest.rows_in(splits)
     ds.context.target_max_block_size = max(row_bytes, min(int(block_bytes),
                                                           rows * row_bytes // min_blocks))
     return ds, manifest

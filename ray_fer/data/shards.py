@@ -117,6 +117,10 @@ class Manifest:
     def num_rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    def rows_in(self, splits: Sequence[str]) -> int:
+        """Rows of ``splits`` (0 for a split the prefix lacks)."""
+        return sum(sum(self.counts.get(s, {}).values()) for s in splits)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
@@ -262,24 +263,19 @@ def fetching_first(items: Iterator[T]) -> Iterator[T]:
     shuffle buffer) while it builds its model. The rest of ``items`` is read by the
     caller, after the first item; an error of the first fetch is raised there.
     """
-    done = threading.Event()
-    first: list[tuple[bool, Any]] = []  # (fetched, the item or the error)
+    first: Future = Future()
     end = object()
 
     def fetch() -> None:
         try:
-            first.append((True, next(items, end)))
-        except BaseException as exc:  # re-raised in the caller's thread
-            first.append((False, exc))
-        done.set()
+            first.set_result(next(items, end))
+        except BaseException as exc:  # re-raised in the caller's thread by result()
+            first.set_exception(exc)
 
     threading.Thread(target=fetch, name="ray_fer-first-batch", daemon=True).start()
 
     def rest() -> Iterator[T]:
-        done.wait()
-        fetched, item = first[0]
-        if not fetched:
-            raise item
+        item = first.result()
         if item is end:
             return
         yield item

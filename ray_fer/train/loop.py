@@ -229,7 +229,7 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
         raise ConfigError(f"--resume: no run named {cfg.run.name!r} under {cfg.run.storage}")
     done = latest_checkpoint_epoch(run) if exists else None
     size, channels = data_shape(cfg)
-    rows = sum(sum(manifest.counts[s].values()) for s in cfg.data.train_splits)
+    rows = manifest.rows_in(cfg.data.train_splits)
     if cfg.data.fold is not None:
         rows -= _fold_rows(manifest, cfg.data.fold, data.uri)
     per_step = cfg.train.batch_size * cfg.resources.workers
