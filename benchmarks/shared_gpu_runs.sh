@@ -16,6 +16,8 @@
 #          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA;
 #          FER_SET (default fer) names the shard prefix (ferplus: FER+ majority labels) and
 #          FER_ARGS adds ray_fer.train flags to every run (e.g. --set data.image_size=48).
+# SMALL_ARGS adds ray_fer.train flags to every ck, jaffe and loso run (e.g. --init CKPT to
+# fine-tune a FER2013 run, --lr 3e-4).
 #
 #   bash benchmarks/shared_gpu_runs.sh DATA
 #   PARTS="caf ck" FOLDS_TW="2 3 4" bash benchmarks/shared_gpu_runs.sh DATA
@@ -43,7 +45,11 @@ mkdir -p "$work/logs" "$work/rc" "$out"
 # One Ray node for all runs, with a token of its own (Ray 2.60 listens on all interfaces).
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
-ray start --head --num-gpus "${NUM_GPUS:-1}" --disable-usage-stats > "$work/logs/ray.log" 2>&1
+# NUM_CPUS: logical CPUs of the node (default: the cores). Each run's worker holds one for
+# its whole run and its Ray Data reads need another: above ~cores/2 concurrent runs (21 on
+# 16 cores), all CPUs are held by workers whose reads can never be scheduled.
+ray start --head --num-gpus "${NUM_GPUS:-1}" --num-cpus "${NUM_CPUS:-$(nproc)}" \
+  --disable-usage-stats > "$work/logs/ray.log" 2>&1
 trap 'ray stop --force > /dev/null 2>&1 || true' EXIT
 export RAY_ADDRESS=auto
 job() {  # name, command...: run in the background, log and exit status under $work
@@ -68,18 +74,21 @@ if [[ $parts == *" caf "* ]]; then
 fi
 if [[ $parts == *" ck "* ]]; then
   for fold in ${FOLDS_CK:-0 1 2 3 4 5 6 7 8 9}; do
+    # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
     train "de-ck-fold$fold" deep_emotion --data "$data/ck" --fold "$fold" \
-      --epochs "${CK_EPOCHS:-25}" --batch-size "${CK_BATCH:-64}"
+      --epochs "${CK_EPOCHS:-25}" --batch-size "${CK_BATCH:-64}" ${SMALL_ARGS:-}
   done
 fi
 if [[ $parts == *" jaffe "* ]]; then
+  # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
   train de-jaffe deep_emotion --data "$data/jaffe" --epochs "${JAFFE_EPOCHS:-100}" \
-    --batch-size "${JAFFE_BATCH:-32}"
+    --batch-size "${JAFFE_BATCH:-32}" ${SMALL_ARGS:-}
 fi
 if [[ $parts == *" loso "* ]]; then
   for fold in 0 1 2 3 4 5 6 7 8 9; do
+    # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
     train "de-jaffe-loso-fold$fold" deep_emotion --data "$data/jaffe_loso" --fold "$fold" \
-      --epochs "${JAFFE_EPOCHS:-100}" --batch-size "${JAFFE_BATCH:-32}"
+      --epochs "${JAFFE_EPOCHS:-100}" --batch-size "${JAFFE_BATCH:-32}" ${SMALL_ARGS:-}
   done
 fi
 fer_models=${FER_MODELS:-vgg_bn deep_emotion_wide efficientnet_b0_dense}

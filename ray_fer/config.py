@@ -66,6 +66,10 @@ class ModelSection:
     name: str = ""
     #: Keyword options of the model factory (e.g. hidden, dropout, pretrained).
     options: dict = field(default_factory=dict)
+    #: A ray_fer checkpoint folder (local or s3://) whose weights start this run, e.g. a
+    #: FER2013 run's to fine-tune on CK+; the classifier's rows are matched by class name
+    #: (see ray_fer.train.init_from). Empty = fresh weights.
+    init: str = ""
 
 
 @dataclass

@@ -8,6 +8,8 @@ Examples::
     python -m ray_fer.train deep_emotion --name de-l2 --storage s3://bucket/runs --resume
     python -m ray_fer.train deep_emotion --data shards/ckplus --fold 3 --l2 1e-4
     python -m ray_fer.train deep_emotion --data shards/ckplus --fold all   # 10-fold mean ± std
+    python -m ray_fer.train deep_emotion --data shards/ckplus --fold all \
+        --init runs/de-fer/checkpoint_epoch-0059          # fine-tune a FER2013 run on CK+
 
 Config precedence: packaged defaults < --config FILE < --set key=value < the flags below.
 The config is checked (unknown keys, wrong types) before Ray starts.
@@ -34,6 +36,7 @@ FLAGS = {
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "seed": "train.seed",
+    "init": "model.init",
     "compile": "train.compile",
     "optimizer": "optim.optimizer",
     "lr": "optim.lr",
@@ -77,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--augment", choices=("on", "off"))
     p.add_argument("--seed", type=int)
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (fine-tuning; the classifier's "
+                        "rows are matched by class name)")
     p.add_argument("--workers", type=int, help="Ray Train workers (DDP)")
     p.add_argument("--gpu", action="store_const", const=True, help="one GPU per worker")
     p.add_argument("--placement", choices=PLACEMENTS,

@@ -29,7 +29,14 @@ from ray_fer.models.registry import build_model
 from ray_fer.storage import resolve
 from ray_fer.train.caf_losses import adversarial_loss, critic_contrastive_loss, va_loss
 from ray_fer.train.metrics import va_histogram, va_metrics_from_sums, va_sums
-from ray_fer.train.steps import DataInfo, Method, Sums, TrainState, check_model_options
+from ray_fer.train.steps import (
+    DataInfo,
+    Method,
+    Sums,
+    TrainState,
+    check_model_options,
+    fused_on_cuda,
+)
 
 Stats = dict[str, torch.Tensor]
 
@@ -94,7 +101,8 @@ def make_optimizers(model: CafModel, config: CafConfig) -> CafOptimizers:
     ``lr_gamma`` every ``lr_step_every`` iterations."""
 
     def adam(params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas,
+                                fused=fused_on_cuda(params) or None)
 
     encoder = adam(model.encoder_regressor_parameters())
     critic = None if model.critic is None else adam(list(model.critic.parameters()))

@@ -69,6 +69,7 @@ from ray_fer.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ray_fer.train.init_from import init_modules
 from ray_fer.train.steps import (
     DataInfo,
     Method,
@@ -229,6 +230,9 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
         raise ConfigError(f"--resume: no run named {cfg.run.name!r} under {cfg.run.storage}")
     done = latest_checkpoint_epoch(run) if exists else None
     size, channels = data_shape(cfg)
+    if cfg.model.init:  # fitted here too, on CPU: a checkpoint that does not fit fails now
+        info = DataInfo(list(manifest.class_names), size, channels)
+        init_modules(method.build_modules(cfg, info), cfg, info)
     rows = manifest.rows_in(cfg.data.train_splits)
     if cfg.data.fold is not None:
         rows -= _fold_rows(manifest, cfg.data.fold, data.uri)
@@ -646,9 +650,12 @@ def _adopt_caches(sources: dict[str, stream.Source], recorders: dict[str, CacheR
 
 def build_state(method: Method, cfg: Config, info: DataInfo, device: torch.device,
                 steps_per_epoch: int) -> TrainState:
-    """Seeded fresh modules, optimizers and schedulers of ``method`` on ``device``."""
+    """Seeded modules (fresh, or from ``model.init``), optimizers and schedulers of
+    ``method`` on ``device``."""
     seed_everything(cfg.train.seed)
     modules = method.build_modules(cfg, info)
+    if cfg.model.init:
+        init_modules(modules, cfg, info)
     for module in modules.values():
         module.to(device)
         if device.type == "cuda" and cfg.train.channels_last:

@@ -133,14 +133,24 @@ def l2_penalty(weights: list[nn.Parameter]) -> torch.Tensor:
     return torch.stack([w.float().pow(2).sum() for w in weights]).sum()
 
 
+def fused_on_cuda(params: list[nn.Parameter]) -> bool:
+    """Whether an optimizer over ``params`` should use torch's fused CUDA kernel: all of
+    them on CUDA. One kernel updates every tensor, where the default (foreach) launches
+    several per step; on ResNet-50 that is a few percent of a training step."""
+    return bool(params) and all(p.is_cuda for p in params)
+
+
 def make_optimizer(cfg: Config, params: Iterator[nn.Parameter] | list) -> torch.optim.Optimizer:
-    """The optimizer named by ``cfg.optim`` over ``params``."""
+    """The optimizer named by ``cfg.optim`` over ``params`` (fused when they are on CUDA)."""
     o = cfg.optim
+    params = list(params)
+    fused = fused_on_cuda(params) or None
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
-                               and o.momentum > 0, weight_decay=o.weight_decay)
+                               and o.momentum > 0, weight_decay=o.weight_decay, fused=fused)
     cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    return cls(params, lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+               fused=fused)
 
 
 def lr_factor(cfg: Config, total_steps: int, steps_per_epoch: int) -> Callable[[int], float]:

@@ -1,0 +1,103 @@
+"""Start a run from another run's weights (``model.init``): fine-tuning, e.g. FER2013 → CK+.
+
+Every tensor of the new run's networks (parameters and buffers such as batch-norm
+statistics) takes the checkpoint's tensor of the same name. The classifier's output layer
+is matched by class name instead of position: its rows for the classes both label sets
+share are copied (FER2013's ``angry`` is CK+'s ``anger``), the rows of classes the
+checkpoint never saw keep their fresh initialisation. Any other difference (a tensor
+missing on either side, or of another shape) is an error naming the tensors: the
+checkpoint is of another model, input size or channel count.
+
+Only weights are taken: optimiser, schedule and epoch start afresh (``run.resume`` is
+what continues a run).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ray_fer.config import Config, ConfigError
+from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
+from ray_fer.train.steps import DataInfo
+
+#: One emotion's other spellings across the datasets' label sets → FER2013's name.
+SAME_EMOTION = {"anger": "angry", "sadness": "sad", "happiness": "happy",
+                "surprised": "surprise", "fearful": "fear", "disgusted": "disgust"}
+
+
+def emotion_key(name: str) -> str:
+    """The name that identifies an emotion whatever the dataset calls it."""
+    name = name.strip().lower()
+    return SAME_EMOTION.get(name, name)
+
+
+def output_layer(module: nn.Module, num_classes: int) -> str | None:
+    """Name of the last ``nn.Linear`` with ``num_classes`` outputs (the classifier), or None."""
+    found = None
+    for name, layer in module.named_modules():
+        if isinstance(layer, nn.Linear) and layer.out_features == num_classes:
+            found = name
+    return found
+
+
+def class_rows(new: list[str], old: list[str]) -> list[tuple[int, int]]:
+    """(row in the new head, row in the checkpoint's head) of every class both share."""
+    index = {emotion_key(name): i for i, name in enumerate(old)}
+    return [(i, index[emotion_key(name)]) for i, name in enumerate(new)
+            if emotion_key(name) in index]
+
+
+def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_classes: list[str],
+                  old_classes: list[str], where: str) -> int:
+    """Copy ``saved`` into ``module`` as the module docstring says; returns how many head
+    rows were copied (0 without a classifier). Raises ConfigError before changing anything
+    if a tensor other than the head's differs."""
+    state = module.state_dict()
+    head = output_layer(module, len(new_classes)) if new_classes else None
+    head_keys = {f"{head}.weight", f"{head}.bias"} if head is not None else set()
+    missing = sorted(set(state) - set(saved) - head_keys)
+    unexpected = sorted(set(saved) - set(state) - head_keys)
+    reshaped = sorted(k for k in set(state) & set(saved) - head_keys
+                      if state[k].shape != saved[k].shape)
+    if missing or unexpected or reshaped:
+        detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                           for label, keys in (("missing in it", missing),
+                                               ("not in this model", unexpected),
+                                               ("of another shape", reshaped)) if keys)
+        raise ConfigError(
+            f"config key 'model.init': {where} does not fit this model ({detail}); initialise "
+            "from a checkpoint of the same model, input size and channel count"
+        )
+    rows = class_rows(new_classes, old_classes) if head_keys else []
+    with torch.no_grad():
+        for key, tensor in state.items():
+            if key not in head_keys:
+                tensor.copy_(saved[key])
+            elif key in saved:
+                for new_row, old_row in rows:
+                    tensor[new_row].copy_(saved[key][old_row])
+    return len(rows)
+
+
+def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> None:
+    """Load ``cfg.model.init``'s weights into ``modules`` (matched by name); see the module
+    docstring. Raises ConfigError naming the checkpoint when it does not fit."""
+    uri = cfg.model.init
+    try:
+        with local_checkpoint(uri, cfg.data.endpoint) as folder:
+            loaded = load_checkpoint(folder)
+    except CheckpointError as e:
+        raise ConfigError(f"config key 'model.init': {e}") from e
+    if loaded.cfg.model_name != cfg.model_name:
+        raise ConfigError(f"config key 'model.init': {uri} holds a {loaded.cfg.model_name} "
+                          f"model, this run trains {cfg.model_name}; initialise from a "
+                          f"{cfg.model_name} checkpoint")
+    saved = loaded.state["modules"]
+    absent = sorted(set(modules) - set(saved))
+    if absent:
+        raise ConfigError(f"config key 'model.init': {uri} has no network named {absent} "
+                          f"(it has {sorted(saved)})")
+    for name, module in modules.items():
+        load_matching(module, saved[name], new_classes=info.class_names,
+                      old_classes=loaded.info.class_names, where=uri)

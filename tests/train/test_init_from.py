@@ -1,0 +1,86 @@
+"""``model.init``: a run starts from another run's weights, the classifier matched by class
+name, and a checkpoint that does not fit is refused before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support.tiny_shards import write_tiny_shards
+from support.trained import train_checkpoint
+
+from ray_fer.config import ConfigError, build_config
+from ray_fer.data.formats.ckplus import CLASS_NAMES as CK_CLASSES
+from ray_fer.data.formats.fer2013 import CLASS_NAMES as FER_CLASSES
+from ray_fer.train import loop
+from ray_fer.train.checkpoint import load_checkpoint
+from ray_fer.train.init_from import class_rows, output_layer
+from ray_fer.train.steps import DataInfo, method_for
+
+
+@pytest.fixture(scope="module")
+def fer_checkpoint(tmp_path_factory):
+    """deep_emotion trained a few steps on faces labelled with FER2013's seven classes."""
+    return train_checkpoint(tmp_path_factory.mktemp("fer") / "ckpt", steps=3)
+
+
+def _build(classes, init: str = "", channels: int = 1, seed: int = 1):
+    cfg = build_config("deep_emotion", "classify",
+                       flags={"model.init": init, "train.seed": seed, "data.uri": "unused"})
+    info = DataInfo(class_names=list(classes), image_size=48, channels=channels)
+    state = loop.build_state(method_for("deep_emotion"), cfg, info, torch.device("cpu"), 1)
+    return state.modules["model"]
+
+
+def test_ck_plus_run_starts_from_fer2013_weights_with_head_rows_matched_by_name(fer_checkpoint):
+    """Both label sets have 7 classes in other orders and spellings: positions would be
+    wrong. CK+'s anger/sadness take FER2013's angry/sad rows; contempt stays fresh."""
+    saved = load_checkpoint(fer_checkpoint).state["modules"]["model"]
+    fresh = _build(CK_CLASSES).state_dict()
+    model = _build(CK_CLASSES, init=str(fer_checkpoint)).state_dict()
+    head = output_layer(_build(CK_CLASSES), len(CK_CLASSES))
+    for key, tensor in model.items():
+        if not key.startswith(f"{head}."):
+            assert torch.equal(tensor, saved[key]), key
+    for key in (f"{head}.weight", f"{head}.bias"):
+        for new, old in (("anger", "angry"), ("sadness", "sad"), ("surprise", "surprise")):
+            assert torch.equal(model[key][CK_CLASSES.index(new)],
+                               saved[key][FER_CLASSES.index(old)]), (key, new)
+        contempt = CK_CLASSES.index("contempt")
+        assert torch.equal(model[key][contempt], fresh[key][contempt])
+        assert not torch.equal(model[key][contempt], saved[key][contempt])
+
+
+def test_a_head_over_more_classes_gets_the_shared_rows_and_fresh_new_ones(fer_checkpoint):
+    classes = [*FER_CLASSES, "contempt"]  # FER+'s eight
+    saved = load_checkpoint(fer_checkpoint).state["modules"]["model"]
+    fresh = _build(classes).state_dict()
+    model = _build(classes, init=str(fer_checkpoint)).state_dict()
+    weight = f"{output_layer(_build(classes), len(classes))}.weight"
+    assert torch.equal(model[weight][:7], saved[weight])
+    assert torch.equal(model[weight][7], fresh[weight][7])
+
+
+def test_class_rows_pair_only_the_emotions_both_sets_know():
+    assert class_rows(["Happiness", "contempt", "fear"], list(FER_CLASSES)) == [
+        (0, FER_CLASSES.index("happy")), (2, FER_CLASSES.index("fear"))]
+
+
+def test_a_checkpoint_of_another_model_or_input_is_refused_naming_what_differs(
+        fer_checkpoint, tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.init.*holds a vgg_bn model.*deep_emotion"):
+        _build(FER_CLASSES, init=str(train_checkpoint(tmp_path / "vgg", "vgg_bn", steps=1)))
+    with pytest.raises(ConfigError, match=r"model\.init.*does not fit.*of another shape: "):
+        _build(FER_CLASSES, init=str(fer_checkpoint), channels=3)
+    with pytest.raises(ConfigError, match=r"model\.init.*not a ray_fer checkpoint"):
+        _build(FER_CLASSES, init=str(tmp_path))
+
+
+def test_plan_run_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(
+        fer_checkpoint, tmp_path):
+    shards = write_tiny_shards(tmp_path / "shards")
+    cfg = build_config("deep_emotion", "classify", flags={
+        "data.uri": shards, "data.channels": 3, "model.init": str(fer_checkpoint),
+        "run.storage": str(tmp_path / "runs"), "run.name": "finetune"})
+    with pytest.raises(ConfigError, match="does not fit"):
+        loop.plan_run(cfg)
+    assert not (tmp_path / "runs").exists()  # nothing written
