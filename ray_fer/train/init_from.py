@@ -14,12 +14,16 @@ what continues a run).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
 from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
 from ray_fer.train.steps import DataInfo
+
+log = logging.getLogger(__name__)
 
 #: One emotion's other spellings across the datasets' label sets → FER2013's name.
 SAME_EMOTION = {"anger": "angry", "sadness": "sad", "happiness": "happy",
@@ -49,17 +53,21 @@ def class_rows(new: list[str], old: list[str]) -> list[tuple[int, int]]:
 
 
 def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_classes: list[str],
-                  old_classes: list[str], where: str) -> int:
-    """Copy ``saved`` into ``module`` as the module docstring says; returns how many head
-    rows were copied (0 without a classifier). Raises ConfigError before changing anything
-    if a tensor other than the head's differs."""
+                  old_classes: list[str], where: str) -> list[str]:
+    """Copy ``saved`` into ``module`` as the module docstring says; returns the classes
+    whose classifier rows stay fresh. Raises ConfigError before changing anything if a
+    tensor differs other than in the head's number of classes."""
     state = module.state_dict()
     head = output_layer(module, len(new_classes)) if new_classes else None
     head_keys = {f"{head}.weight", f"{head}.bias"} if head is not None else set()
     missing = sorted(set(state) - set(saved) - head_keys)
     unexpected = sorted(set(saved) - set(state) - head_keys)
-    reshaped = sorted(k for k in set(state) & set(saved) - head_keys
-                      if state[k].shape != saved[k].shape)
+
+    def fits(key: str) -> bool:
+        per_class = 1 if key in head_keys else 0  # a head's rows are its classes
+        return state[key].shape[per_class:] == saved[key].shape[per_class:]
+
+    reshaped = sorted(k for k in set(state) & set(saved) if not fits(k))
     if missing or unexpected or reshaped:
         detail = "; ".join(f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
                            for label, keys in (("missing in it", missing),
@@ -77,7 +85,8 @@ def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_clas
             elif key in saved:
                 for new_row, old_row in rows:
                     tensor[new_row].copy_(saved[key][old_row])
-    return len(rows)
+    copied = {new_row for new_row, _ in rows}
+    return [name for i, name in enumerate(new_classes) if head_keys and i not in copied]
 
 
 def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> None:
@@ -99,5 +108,8 @@ def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> 
         raise ConfigError(f"config key 'model.init': {uri} has no network named {absent} "
                           f"(it has {sorted(saved)})")
     for name, module in modules.items():
-        load_matching(module, saved[name], new_classes=info.class_names,
-                      old_classes=loaded.info.class_names, where=uri)
+        fresh = load_matching(module, saved[name], new_classes=info.class_names,
+                              old_classes=loaded.info.class_names, where=uri)
+        if fresh:
+            log.info("model.init %s -> %s: the classifier rows of %s start fresh (the "
+                     "checkpoint's classes are %s)", uri, name, fresh, loaded.info.class_names)

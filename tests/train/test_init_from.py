@@ -13,7 +13,7 @@ from ray_fer.data.formats.ckplus import CLASS_NAMES as CK_CLASSES
 from ray_fer.data.formats.fer2013 import CLASS_NAMES as FER_CLASSES
 from ray_fer.train import loop
 from ray_fer.train.checkpoint import load_checkpoint
-from ray_fer.train.init_from import class_rows, output_layer
+from ray_fer.train.init_from import class_rows, load_matching, output_layer
 from ray_fer.train.steps import DataInfo, method_for
 
 
@@ -84,3 +84,18 @@ def test_plan_run_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(
     with pytest.raises(ConfigError, match="does not fit"):
         loop.plan_run(cfg)
     assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_fresh_classes_are_named_and_a_head_of_another_width_changes_nothing(fer_checkpoint):
+    saved = dict(load_checkpoint(fer_checkpoint).state["modules"]["model"])
+    model = _build(CK_CLASSES)
+    assert load_matching(model, saved, new_classes=list(CK_CLASSES),
+                         old_classes=list(FER_CLASSES), where="ckpt") == ["contempt"]
+    weight = f"{output_layer(model, len(CK_CLASSES))}.weight"
+    saved[weight] = torch.zeros(7, saved[weight].shape[1] + 1)  # the head's inputs differ
+    before = {k: v.clone() for k, v in _build(CK_CLASSES).state_dict().items()}
+    fresh = _build(CK_CLASSES)
+    with pytest.raises(ConfigError, match=f"of another shape: {weight}"):
+        load_matching(fresh, saved, new_classes=list(CK_CLASSES),
+                      old_classes=list(FER_CLASSES), where="ckpt")
+    assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
