@@ -75,15 +75,23 @@ FERPLUS_NON_EMOTIONS = ("unknown", "nf")
 JAFFE_RATING_RANGE = (1.0, 5.0)
 
 
+def emotion_name(class_name: str) -> str:
+    """The emotion a dataset's class name means, in one spelling for every dataset
+    (``angry``, ``Anger`` and ``ang`` are ``anger``); a name that is no known emotion,
+    lower-cased."""
+    key = class_name.strip().lower()
+    return _ALIASES.get(key, key)
+
+
 def anchor_name(class_name: str) -> str:
     """The anchor of a dataset class name (case-insensitive); ValueError if it has none."""
-    try:
-        return _ALIASES[class_name.strip().lower()]
-    except KeyError:
+    name = emotion_name(class_name)
+    if name not in VA_ANCHORS:
         raise ValueError(
             f"class {class_name!r} has no valence/arousal anchor; known names: "
             f"{', '.join(sorted(_ALIASES))}"
-        ) from None
+        )
+    return name
 
 
 def anchor_matrix(class_names: Sequence[str]) -> np.ndarray:

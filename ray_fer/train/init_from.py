@@ -20,21 +20,11 @@ import torch
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
+from ray_fer.data.targets import emotion_name
 from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
 from ray_fer.train.steps import DataInfo
 
 log = logging.getLogger(__name__)
-
-#: One emotion's other spellings across the datasets' label sets → FER2013's name.
-SAME_EMOTION = {"anger": "angry", "sadness": "sad", "happiness": "happy",
-                "surprised": "surprise", "fearful": "fear", "disgusted": "disgust"}
-
-
-def emotion_key(name: str) -> str:
-    """The name that identifies an emotion whatever the dataset calls it."""
-    name = name.strip().lower()
-    return SAME_EMOTION.get(name, name)
-
 
 def output_layer(module: nn.Module, num_classes: int) -> str | None:
     """Name of the last ``nn.Linear`` with ``num_classes`` outputs (the classifier), or None."""
@@ -47,9 +37,9 @@ def output_layer(module: nn.Module, num_classes: int) -> str | None:
 
 def class_rows(new: list[str], old: list[str]) -> list[tuple[int, int]]:
     """(row in the new head, row in the checkpoint's head) of every class both share."""
-    index = {emotion_key(name): i for i, name in enumerate(old)}
-    return [(i, index[emotion_key(name)]) for i, name in enumerate(new)
-            if emotion_key(name) in index]
+    index = {emotion_name(name): i for i, name in enumerate(old)}
+    return [(i, index[emotion_name(name)]) for i, name in enumerate(new)
+            if emotion_name(name) in index]
 
 
 def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_classes: list[str],
