@@ -102,7 +102,7 @@ def make_optimizers(model: CafModel, config: CafConfig) -> CafOptimizers:
 
     def adam(params: list[nn.Parameter]) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=config.lr, betas=config.betas,
-                                fused=fused_on_cuda(params) or None)
+                                fused=fused_on_cuda(params))
 
     encoder = adam(model.encoder_regressor_parameters())
     critic = None if model.critic is None else adam(list(model.critic.parameters()))

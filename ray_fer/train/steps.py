@@ -133,18 +133,19 @@ def l2_penalty(weights: list[nn.Parameter]) -> torch.Tensor:
     return torch.stack([w.float().pow(2).sum() for w in weights]).sum()
 
 
-def fused_on_cuda(params: list[nn.Parameter]) -> bool:
-    """Whether an optimizer over ``params`` should use torch's fused CUDA kernel: all of
-    them on CUDA. It launches fewer kernels per step than the default (foreach); on
-    ResNet-50 at 224 px the difference was within noise (benchmarks/RESULTS.md)."""
-    return bool(params) and all(p.is_cuda for p in params)
+def fused_on_cuda(params: list[nn.Parameter]) -> bool | None:
+    """An optimizer's ``fused`` argument for ``params``: True (torch's fused CUDA kernel)
+    when all of them are on CUDA, else None (torch's default). It launches fewer kernels
+    per step than the default (foreach); on ResNet-50 at 224 px the difference was within
+    noise (benchmarks/RESULTS.md)."""
+    return (bool(params) and all(p.is_cuda for p in params)) or None
 
 
 def make_optimizer(cfg: Config, params: Iterator[nn.Parameter] | list) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.optim`` over ``params`` (fused when they are on CUDA)."""
     o = cfg.optim
     params = list(params)
-    fused = fused_on_cuda(params) or None
+    fused = fused_on_cuda(params)
     if o.optimizer == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov
                                and o.momentum > 0, weight_decay=o.weight_decay, fused=fused)
