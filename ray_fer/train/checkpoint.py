@@ -27,7 +27,7 @@ from torch import nn
 
 from ray_fer.config import Config
 from ray_fer.errors import UserError
-from ray_fer.storage import resolve
+from ray_fer.storage import Location, resolve
 from ray_fer.train.steps import DataInfo
 
 STATE_FILE = "state.pt"
@@ -113,27 +113,55 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     for name in CHECKPOINT_FILES:
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory}: not a ray_fer checkpoint ({name} missing)")
+    state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=True)
+    return _loaded((directory / CONFIG_FILE).read_text(), (directory / META_FILE).read_text(),
+                   state)
+
+
+def peek_checkpoint(uri: str, endpoint: str | None = None) -> Loaded:
+    """The checkpoint folder at ``uri`` (local or s3://) read in place, its tensors on the
+    meta device: names, shapes and dtypes without their data.
+
+    Reads only ``state.pt``'s index (a few small ranged reads, however large the file),
+    so checking what a checkpoint holds costs no download.
+    """
+    loc = _checkpoint_location(uri, endpoint, CHECKPOINT_FILES)
+
+    def text(name: str) -> str:
+        with loc.fs.open_input_stream(loc.join(name)) as f:
+            return f.read().decode()
+
+    with loc.fs.open_input_file(loc.join(STATE_FILE)) as f:
+        state = torch.load(f, map_location="meta", weights_only=True)
+    return _loaded(text(CONFIG_FILE), text(META_FILE), state)
+
+
+def _loaded(config_text: str, meta_text: str, state: dict) -> Loaded:
     import yaml
 
-    cfg = Config.from_dict(yaml.safe_load((directory / CONFIG_FILE).read_text()))
-    meta = json.loads((directory / META_FILE).read_text())
-    state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=True)
+    meta = json.loads(meta_text)
     info = DataInfo(class_names=list(meta["class_names"]), image_size=int(meta["image_size"]),
                     channels=int(meta["channels"]))
-    return Loaded(cfg=cfg, info=info, progress=Progress(**state["progress"]), meta=meta,
-                  state=state)
+    return Loaded(cfg=Config.from_dict(yaml.safe_load(config_text)), info=info,
+                  progress=Progress(**state["progress"]), meta=meta, state=state)
+
+
+def _checkpoint_location(uri: str, endpoint: str | None, files: tuple[str, ...]) -> Location:
+    """``uri`` resolved; CheckpointError naming the first of ``files`` it lacks."""
+    loc = resolve(uri, endpoint)
+    for name in files:
+        if loc.fs.get_file_info(loc.join(name)).type != pafs.FileType.File:
+            raise CheckpointError(
+                f"{uri}: not a ray_fer checkpoint ({name} missing); pass a checkpoint "
+                "folder such as <storage>/<run>/checkpoint_epoch-0004"
+            )
+    return loc
 
 
 @contextlib.contextmanager
 def local_checkpoint(uri: str, endpoint: str | None = None) -> Iterator[Path]:
     """A local folder holding the checkpoint at ``uri`` (downloaded first if it is on S3)."""
-    loc = resolve(uri, endpoint)
-    info = loc.fs.get_file_info(loc.join(META_FILE))
-    if info.type != pafs.FileType.File:
-        raise CheckpointError(
-            f"{uri}: not a ray_fer checkpoint ({META_FILE} missing); pass a checkpoint "
-            "folder such as <storage>/<run>/checkpoint_epoch-0004"
-        )
+    loc = _checkpoint_location(uri, endpoint, (META_FILE,))
     if not loc.is_s3:
         yield Path(loc.path)
         return

@@ -15,14 +15,21 @@ what continues a run).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
 from ray_fer.data.targets import emotion_name
-from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
-from ray_fer.train.steps import DataInfo
+from ray_fer.train.checkpoint import (
+    CheckpointError,
+    Loaded,
+    load_checkpoint,
+    local_checkpoint,
+    peek_checkpoint,
+)
+from ray_fer.train.steps import DataInfo, Method
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +49,11 @@ def class_rows(new: list[str], old: list[str]) -> list[tuple[int, int]]:
             if emotion_name(name) in index]
 
 
-def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_classes: list[str],
-                  old_classes: list[str], where: str) -> list[str]:
-    """Copy ``saved`` into ``module`` as the module docstring says; returns the classes
-    whose classifier rows stay fresh. Raises ConfigError before changing anything if a
-    tensor differs other than in the head's number of classes."""
+def check_fit(module: nn.Module, saved: dict[str, torch.Tensor], *,
+              new_classes: list[str], where: str) -> set[str]:
+    """The keys of ``module``'s classifier head; ConfigError if a tensor of ``saved``
+    differs other than in the head's number of classes. Compares names and shapes only,
+    so ``module`` may be built on the meta device and ``saved`` peeked."""
     state = module.state_dict()
     head = output_layer(module, len(new_classes)) if new_classes else None
     head_keys = {f"{head}.weight", f"{head}.bias"} if head is not None else set()
@@ -67,9 +74,18 @@ def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_clas
             f"config key 'model.init': {where} does not fit this model ({detail}); initialise "
             "from a checkpoint of the same model, input size and channel count"
         )
+    return head_keys
+
+
+def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_classes: list[str],
+                  old_classes: list[str], where: str) -> list[str]:
+    """Copy ``saved`` into ``module`` as the module docstring says; returns the classes
+    whose classifier rows stay fresh. Raises ConfigError (:func:`check_fit`) before
+    changing anything."""
+    head_keys = check_fit(module, saved, new_classes=new_classes, where=where)
     rows = class_rows(new_classes, old_classes) if head_keys else []
     with torch.no_grad():
-        for key, tensor in state.items():
+        for key, tensor in module.state_dict().items():
             if key not in head_keys:
                 tensor.copy_(saved[key])
             elif key in saved:
@@ -79,15 +95,51 @@ def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_clas
     return [name for i, name in enumerate(new_classes) if head_keys and i not in copied]
 
 
+def check_init(method: Method, cfg: Config, info: DataInfo) -> None:
+    """What :func:`init_modules` would refuse, refused without its cost: ``method``'s
+    modules are built on the meta device and the checkpoint is peeked
+    (:func:`~ray_fer.train.checkpoint.peek_checkpoint`), so no weight is allocated, read
+    or copied. Raises ConfigError naming the checkpoint when it does not fit."""
+    with torch.device("meta"):
+        modules = method.build_modules(cfg, info)
+    saved = _networks(modules, _read(cfg, peek_checkpoint), cfg)
+    for name, module in modules.items():
+        check_fit(module, saved[name], new_classes=info.class_names, where=cfg.model.init)
+
+
 def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> None:
     """Load ``cfg.model.init``'s weights into ``modules`` (matched by name); see the module
     docstring. Raises ConfigError naming the checkpoint when it does not fit."""
     uri = cfg.model.init
+    loaded = _read(cfg, _load)
+    saved = _networks(modules, loaded, cfg)
+    for name, module in modules.items():
+        fresh = load_matching(module, saved[name], new_classes=info.class_names,
+                              old_classes=loaded.info.class_names, where=uri)
+        if fresh:
+            log.info("model.init %s -> %s: the classifier rows of %s start fresh (the "
+                     "checkpoint's classes are %s)", uri, name, fresh, loaded.info.class_names)
+
+
+def _load(uri: str, endpoint: str | None) -> Loaded:
+    """The whole checkpoint at ``uri``, tensors on the CPU (an S3 one copied first)."""
+    with local_checkpoint(uri, endpoint) as folder:
+        return load_checkpoint(folder)
+
+
+def _read(cfg: Config, read: Callable[[str, str | None], Loaded]) -> Loaded:
+    """``cfg.model.init`` read by ``read``; its CheckpointError as a ConfigError."""
     try:
-        with local_checkpoint(uri, cfg.data.endpoint) as folder:
-            loaded = load_checkpoint(folder)
+        return read(cfg.model.init, cfg.data.endpoint)
     except CheckpointError as e:
         raise ConfigError(f"config key 'model.init': {e}") from e
+
+
+def _networks(modules: dict[str, nn.Module], loaded: Loaded,
+              cfg: Config) -> dict[str, dict[str, torch.Tensor]]:
+    """The checkpoint's saved networks; ConfigError unless it holds this run's model and a
+    network of each name in ``modules``."""
+    uri = cfg.model.init
     if loaded.cfg.model_name != cfg.model_name:
         raise ConfigError(f"config key 'model.init': {uri} holds a {loaded.cfg.model_name} "
                           f"model, this run trains {cfg.model_name}; initialise from a "
@@ -97,9 +149,4 @@ def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> 
     if absent:
         raise ConfigError(f"config key 'model.init': {uri} has no network named {absent} "
                           f"(it has {sorted(saved)})")
-    for name, module in modules.items():
-        fresh = load_matching(module, saved[name], new_classes=info.class_names,
-                              old_classes=loaded.info.class_names, where=uri)
-        if fresh:
-            log.info("model.init %s -> %s: the classifier rows of %s start fresh (the "
-                     "checkpoint's classes are %s)", uri, name, fresh, loaded.info.class_names)
+    return saved

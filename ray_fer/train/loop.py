@@ -69,7 +69,7 @@ from ray_fer.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ray_fer.train.init_from import init_modules
+from ray_fer.train.init_from import check_init, init_modules
 from ray_fer.train.steps import (
     DataInfo,
     Method,
@@ -230,9 +230,8 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
         raise ConfigError(f"--resume: no run named {cfg.run.name!r} under {cfg.run.storage}")
     done = latest_checkpoint_epoch(run) if exists else None
     size, channels = data_shape(cfg)
-    if cfg.model.init:  # fitted here too, on CPU: a checkpoint that does not fit fails now
-        info = DataInfo(list(manifest.class_names), size, channels)
-        init_modules(method.build_modules(cfg, info), cfg, info)
+    if cfg.model.init:  # a checkpoint that does not fit fails now, not on every worker
+        check_init(method, cfg, DataInfo(list(manifest.class_names), size, channels))
     rows = manifest.rows_in(cfg.data.train_splits)
     if cfg.data.fold is not None:
         rows -= _fold_rows(manifest, cfg.data.fold, data.uri)

@@ -3,6 +3,8 @@ name, and a checkpoint that does not fit is refused before Ray starts."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from support.tiny_shards import write_tiny_shards
@@ -11,9 +13,10 @@ from support.trained import train_checkpoint
 from ray_fer.config import ConfigError, build_config
 from ray_fer.data.formats.ckplus import CLASS_NAMES as CK_CLASSES
 from ray_fer.data.formats.fer2013 import CLASS_NAMES as FER_CLASSES
+from ray_fer.storage import resolve
 from ray_fer.train import loop
-from ray_fer.train.checkpoint import load_checkpoint
-from ray_fer.train.init_from import class_rows, load_matching, output_layer
+from ray_fer.train.checkpoint import copy_folder, load_checkpoint, peek_checkpoint
+from ray_fer.train.init_from import check_init, class_rows, load_matching, output_layer
 from ray_fer.train.steps import DataInfo, method_for
 
 
@@ -99,3 +102,56 @@ def test_fresh_classes_are_named_and_a_head_of_another_width_changes_nothing(fer
         load_matching(fresh, saved, new_classes=list(CK_CLASSES),
                       old_classes=list(FER_CLASSES), where="ckpt")
     assert all(torch.equal(v, before[k]) for k, v in fresh.state_dict().items())
+
+
+def _shapes(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Size]:
+    return {key: tensor.shape for key, tensor in tensors.items()}
+
+
+def test_peeking_a_checkpoint_gives_its_names_and_shapes_with_no_tensor_data(fer_checkpoint):
+    loaded = load_checkpoint(fer_checkpoint)
+    peeked = peek_checkpoint(str(fer_checkpoint))
+    saved = peeked.state["modules"]["model"]
+    assert _shapes(saved) == _shapes(loaded.state["modules"]["model"])
+    assert all(tensor.is_meta for tensor in saved.values())
+    assert (peeked.cfg.model_name, peeked.info) == (loaded.cfg.model_name, loaded.info)
+
+
+def test_an_s3_checkpoint_is_peeked_in_place(fer_checkpoint, s3_server):
+    uri = s3_server.new_bucket() + "/fer/checkpoint_epoch-0000"
+    s3 = resolve(uri)
+    copy_folder(resolve(fer_checkpoint).fs, str(fer_checkpoint), s3.fs, s3.path)
+    saved = peek_checkpoint(uri).state["modules"]["model"]
+    assert _shapes(saved) == _shapes(load_checkpoint(fer_checkpoint).state["modules"]["model"])
+
+
+def test_the_plan_time_check_passes_a_fitting_checkpoint_with_every_network_on_meta(
+        fer_checkpoint):
+    built = []
+
+    def build_modules(cfg, info):
+        built.append(method_for("deep_emotion").build_modules(cfg, info))
+        return built[-1]
+
+    method = dataclasses.replace(method_for("deep_emotion"), build_modules=build_modules)
+    cfg = build_config("deep_emotion", "classify",
+                       flags={"model.init": str(fer_checkpoint), "data.uri": "unused"})
+    check_init(method, cfg, DataInfo(class_names=list(CK_CLASSES), image_size=48, channels=1))
+    tensors = [t for modules in built for m in modules.values() for t in m.state_dict().values()]
+    assert tensors and all(tensor.is_meta for tensor in tensors)
+
+
+def test_the_plan_time_check_refuses_another_model_or_input_naming_what_differs(
+        fer_checkpoint, tmp_path):
+    def check(init: str, channels: int = 1) -> None:
+        cfg = build_config("deep_emotion", "classify",
+                           flags={"model.init": init, "data.uri": "unused"})
+        check_init(method_for("deep_emotion"), cfg,
+                   DataInfo(class_names=list(FER_CLASSES), image_size=48, channels=channels))
+
+    with pytest.raises(ConfigError, match=r"model\.init.*holds a vgg_bn model.*deep_emotion"):
+        check(str(train_checkpoint(tmp_path / "vgg", "vgg_bn", steps=1)))
+    with pytest.raises(ConfigError, match=r"model\.init.*does not fit.*of another shape: "):
+        check(str(fer_checkpoint), channels=3)
+    with pytest.raises(ConfigError, match=r"model\.init.*not a ray_fer checkpoint"):
+        check(str(tmp_path))
