@@ -4,11 +4,11 @@
 # each run, not the GPU, sets their pace. PARTS picks what runs (default all but fer):
 #   caf    CAF vs its no-critic baseline (caf_baseline) on the Taiwanese set's
 #          subject-disjoint folds FOLDS_TW (default 0-4), derived V/A;
-#   ck     deep_emotion on CK+'s subject-independent folds FOLDS_CK (default 0-9), CK_EPOCHS
+#   ck     SMALL_MODEL on CK+'s subject-independent folds FOLDS_CK (default 0-9), CK_EPOCHS
 #          (default 25) at batch CK_BATCH (default 64);
-#   jaffe  deep_emotion on JAFFE's 120/23/70 split, best validation checkpoint evaluated
+#   jaffe  SMALL_MODEL on JAFFE's 120/23/70 split, best validation checkpoint evaluated
 #          on the 70 test faces, JAFFE_EPOCHS (default 100) at batch JAFFE_BATCH (default 32);
-#   loso   deep_emotion on JAFFE leave-one-subject-out (10 folds), same epochs and batch;
+#   loso   SMALL_MODEL on JAFFE leave-one-subject-out (10 folds), same epochs and batch;
 #   ae     the face-generating autoencoder, stage 1 through ray_fer.train (V/A face grid
 #          PNG), and the seed's tables 1-3 (benchmarks/face_ae_tables.py), fold 0 held out;
 #   fer    FER2013 (official split, PublicTest as val): FER_MODELS (default vgg_bn
@@ -16,8 +16,9 @@
 #          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA;
 #          FER_SET (default fer) names the shard prefix (ferplus: FER+ majority labels) and
 #          FER_ARGS adds ray_fer.train flags to every run (e.g. --set data.image_size=48).
-# SMALL_ARGS adds ray_fer.train flags to every ck, jaffe and loso run (e.g. --init CKPT to
-# fine-tune a FER2013 run, --lr 3e-4).
+# SMALL_MODEL (default deep_emotion) is the model of the ck, jaffe and loso runs, and
+# SMALL_ARGS adds ray_fer.train flags to each of them (e.g. --init CKPT to fine-tune a
+# FER2013 run of that model, --lr 3e-4).
 #
 #   bash benchmarks/shared_gpu_runs.sh DATA
 #   PARTS="caf ck" FOLDS_TW="2 3 4" bash benchmarks/shared_gpu_runs.sh DATA
@@ -42,16 +43,20 @@ parts=" ${PARTS:-caf ck jaffe loso ae} "
 share=${GPU_SHARE:-0.08}
 budget=${BUDGET_S:-0}
 mkdir -p "$work/logs" "$work/rc" "$out"
-# One Ray node for all runs, with a token of its own (Ray 2.60 listens on all interfaces).
-RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
-export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
-# NUM_CPUS: logical CPUs of the node (default: the cores). Each run's worker holds one for
-# its whole run and its Ray Data reads need another: above ~cores/2 concurrent runs (21 on
-# 16 cores), all CPUs are held by workers whose reads can never be scheduled.
-ray start --head --num-gpus "${NUM_GPUS:-1}" --num-cpus "${NUM_CPUS:-$(nproc)}" \
-  --disable-usage-stats > "$work/logs/ray.log" 2>&1
-trap 'ray stop --force > /dev/null 2>&1 || true' EXIT
-export RAY_ADDRESS=auto
+# One Ray node for all runs, with a token of its own (Ray 2.60 listens on all interfaces),
+# unless RAY_ADDRESS names a running one (several invocations then share its GPU; its
+# RAY_AUTH_MODE and RAY_AUTH_TOKEN must be set too).
+if [[ -z ${RAY_ADDRESS:-} ]]; then
+  RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
+  # NUM_CPUS: logical CPUs of the node (default: the cores). Each run's worker holds one
+  # for its whole run and its Ray Data reads need another: above ~cores/2 concurrent runs
+  # (21 on 16 cores), all CPUs are held by workers whose reads can never be scheduled.
+  ray start --head --num-gpus "${NUM_GPUS:-1}" --num-cpus "${NUM_CPUS:-$(nproc)}" \
+    --disable-usage-stats > "$work/logs/ray.log" 2>&1
+  trap 'ray stop --force > /dev/null 2>&1 || true' EXIT
+  export RAY_ADDRESS=auto
+fi
 job() {  # name, command...: run in the background, log and exit status under $work
   local name=$1
   shift
@@ -63,6 +68,7 @@ train() {  # name, method, args...: one ray_fer.train run on a GPU share
   job "$name" python -m ray_fer.train "$method" --gpu --set "resources.gpus_per_worker=$share" \
     --storage "$work/runs" --name "$name" "$@"
 }
+small=${SMALL_MODEL:-deep_emotion}
 start=$(date +%s)
 if [[ $parts == *" caf "* ]]; then
   for fold in ${FOLDS_TW:-0 1 2 3 4}; do
@@ -75,19 +81,19 @@ fi
 if [[ $parts == *" ck "* ]]; then
   for fold in ${FOLDS_CK:-0 1 2 3 4 5 6 7 8 9}; do
     # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
-    train "de-ck-fold$fold" deep_emotion --data "$data/ck" --fold "$fold" \
+    train "$small-ck-fold$fold" "$small" --data "$data/ck" --fold "$fold" \
       --epochs "${CK_EPOCHS:-25}" --batch-size "${CK_BATCH:-64}" ${SMALL_ARGS:-}
   done
 fi
 if [[ $parts == *" jaffe "* ]]; then
   # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
-  train de-jaffe deep_emotion --data "$data/jaffe" --epochs "${JAFFE_EPOCHS:-100}" \
+  train "$small-jaffe" "$small" --data "$data/jaffe" --epochs "${JAFFE_EPOCHS:-100}" \
     --batch-size "${JAFFE_BATCH:-32}" ${SMALL_ARGS:-}
 fi
 if [[ $parts == *" loso "* ]]; then
   for fold in 0 1 2 3 4 5 6 7 8 9; do
     # shellcheck disable=SC2086  # SMALL_ARGS is a list of flags
-    train "de-jaffe-loso-fold$fold" deep_emotion --data "$data/jaffe_loso" --fold "$fold" \
+    train "$small-jaffe-loso-fold$fold" "$small" --data "$data/jaffe_loso" --fold "$fold" \
       --epochs "${JAFFE_EPOCHS:-100}" --batch-size "${JAFFE_BATCH:-32}" ${SMALL_ARGS:-}
   done
 fi
@@ -114,7 +120,7 @@ evaluate() {  # run name, data, split: its best checkpoint on the split, plain a
   python -m ray_fer.evaluate "$best" --data "$2" --split "$3" --tta flip \
     --device "${DEVICE:-cuda}" --out "$work/runs/$1-$3" > "$work/logs/$1-eval.log" 2>&1 || true
 }
-evaluate de-jaffe "$data/jaffe" test
+evaluate "$small-jaffe" "$data/jaffe" test
 for model in $fer_models; do
   evaluate "$fer_set-$model" "$data/$fer_set" val
 done
@@ -127,10 +133,10 @@ tables() {  # title, folds_table arguments...
 {
   [[ $parts == *" caf "* ]] && tables "CAF vs no-critic baseline, Taiwanese, derived V/A" \
     "caf=$work/runs/caf-tw-fold*" "caf_baseline=$work/runs/caf_baseline-tw-fold*"
-  [[ $parts == *" ck "* ]] && tables "deep_emotion, CK+ 10-fold" \
-    "deep_emotion=$work/runs/de-ck-fold*" --metrics val_accuracy,val_macro_f1
-  [[ $parts == *" loso "* ]] && tables "deep_emotion, JAFFE leave-one-subject-out" \
-    "deep_emotion=$work/runs/de-jaffe-loso-fold*" --metrics val_accuracy,val_macro_f1
+  [[ $parts == *" ck "* ]] && tables "$small, CK+ 10-fold" \
+    "$small=$work/runs/$small-ck-fold*" --metrics val_accuracy,val_macro_f1
+  [[ $parts == *" loso "* ]] && tables "$small, JAFFE leave-one-subject-out" \
+    "$small=$work/runs/$small-jaffe-loso-fold*" --metrics val_accuracy,val_macro_f1
   [[ $parts == *" ae "* ]] && cat "$work/logs/face_ae_tables.log"
   for m in "$work"/runs/*-val/metrics.json "$work"/runs/*-test/metrics.json; do
     [[ -f $m ]] && python - "$m" <<'PY'

@@ -327,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="trials at once on the GPU (--spread: trials in the search)")
     p.add_argument("--per-gpu", type=int, default=4, help="--spread: trials sharing a GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile (train.compile)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key of the --models and --ddp runs, "
+                        "e.g. --set train.channels_last=false")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="run on CPU (checks the script; the figures mean nothing)")
     p.add_argument("--work", help="folder for shards and runs (default: a temp folder)")
@@ -341,7 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     batches = {m: int(n) for m, n in (item.split("=") for item in args.batch_size)}
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-throughput-"))
-    extra = {"train.compile": True} if args.compile else {}
+    extra: dict = {"train.compile": True} if args.compile else {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expects KEY=VALUE")
+        extra[key] = value
     if args.packing:
         result: dict | list = packing(args.packing, work, args.rows, args.epochs, args.trials)
     elif args.startup:
