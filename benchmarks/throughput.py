@@ -350,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             p.error(f"--set {item!r}: expects KEY=VALUE")
         extra[key] = value
+    if extra and (args.packing or args.startup or args.spread):
+        p.error("--compile and --set apply to --models and --ddp runs only")
     if args.packing:
         result: dict | list = packing(args.packing, work, args.rows, args.epochs, args.trials)
     elif args.startup:

@@ -132,9 +132,12 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
 
     revive(own_s3)
     run = loop.run_location(cfg)
-    # Epoch 1 began only after epoch 0's checkpoint was uploaded and reported, so that one
-    # is complete; epoch 1's was being uploaded when the server died.
-    last = 0
+    # The checkpoint Ray Train registered last (what a resume starts from) must be complete.
+    # Usually epoch 0's: epoch 1's was being uploaded when the server died. But when the
+    # crash comes just after epoch 1's upload was registered, that one is the last, and
+    # epoch 0's may already be deleted (one checkpoint is kept), so read Ray's own record.
+    last = loop.resumed_epoch(run, planned=0) - 1
+    assert last in (0, 1), f"Ray Train registered no checkpoint before the crash ({last})"
     with local_checkpoint(run.child_uri(f"{loop.CHECKPOINT_PREFIX}{last:04d}")) as folder:
         loaded = load_checkpoint(folder)
     assert loaded.meta["epoch"] == last
