@@ -110,9 +110,7 @@ def save_checkpoint(directory: str | Path, *, cfg: Config, info: DataInfo,
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
     """Read a local checkpoint folder written by :func:`save_checkpoint`."""
     directory = Path(directory)
-    for name in CHECKPOINT_FILES:
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: not a ray_fer checkpoint ({name} missing)")
+    _checkpoint_location(str(directory), None, CHECKPOINT_FILES)
     state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=True)
     return _loaded((directory / CONFIG_FILE).read_text(), (directory / META_FILE).read_text(),
                    state)

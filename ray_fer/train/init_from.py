@@ -33,6 +33,7 @@ from ray_fer.train.steps import DataInfo, Method
 
 log = logging.getLogger(__name__)
 
+
 def output_layer(module: nn.Module, num_classes: int) -> str | None:
     """Name of the last ``nn.Linear`` with ``num_classes`` outputs (the classifier), or None."""
     found = None
