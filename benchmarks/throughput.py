@@ -129,7 +129,7 @@ def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
             batch = loop.fit_batch({"image": x.contiguous(memory_format=layout),
                                     "label": label.index_select(0, index)}, info,
                                    channels_last=layout == torch.channels_last)
-            method.train_batch(state, batch)
+            loop.train_step(method, state, batch)
         _sync(device)
         rates.append((n // batch_size) * batch_size / (time.perf_counter() - started))
     return statistics.median(rates[1:])
@@ -144,13 +144,16 @@ def ray_path(cfg: Config) -> dict:
 
 
 def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
-            with_stream: bool, extra: dict) -> dict:
+            with_stream: bool, extra: dict, plain_only: bool = False) -> dict:
     defaults = model_defaults(model)
     data = model_faces(work, model, rows)
     cfg = config(model, data, work / "runs", f"{model}-cached-{time.time_ns()}", epochs, batch,
                  extra)
     row = {"model": model, "size": defaults.image_size, "channels": defaults.in_channels,
            "batch": cfg.train.batch_size, "plain": plain_images_per_s(cfg, data, epochs)}
+    if plain_only:
+        print(json.dumps(row), flush=True)
+        return row
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     ray_ = ray_path(cfg)
@@ -294,16 +297,21 @@ def spread(model: str, work: Path, rows: int, epochs: int, trials: int, per_gpu:
     return out
 
 
+def _cell(row: dict, key: str, form: str = ",.0f") -> str:
+    """``row[key]`` formatted, or a dash where it was not measured."""
+    return format(row[key], form) if key in row else "—"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | input | batch | (a) plain img/s | (b) ray_fer img/s | (b)/(a) | "
              "epoch 0 (filling cache) img/s | streaming every epoch img/s | startup s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        stream_rate = f"{r['ray_stream']:,.0f}" if "ray_stream" in r else "—"
         lines.append(
             f"| {r['model']} | {r['size']}×{r['size']}×{r['channels']} | {r['batch']} | "
-            f"{r['plain']:,.0f} | {r['ray']:,.0f} | {r['ratio']:.2f} | "
-            f"{r['ray_epoch0']:,.0f} | {stream_rate} | {r['startup_s']:.1f} |")
+            f"{r['plain']:,.0f} | {_cell(r, 'ray')} | {_cell(r, 'ratio', '.2f')} | "
+            f"{_cell(r, 'ray_epoch0')} | {_cell(r, 'ray_stream')} | "
+            f"{_cell(r, 'startup_s', '.1f')} |")
     return "\n".join(lines)
 
 
@@ -316,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", action="append", default=[], metavar="MODEL=N",
                    help="override a model's configured batch size")
     p.add_argument("--stream", action="store_true", help="also time data.cache=off")
+    p.add_argument("--plain-only", action="store_true",
+                   help="time only (a), the plain loop (e.g. to compare --set variants)")
     p.add_argument("--packing", metavar="MODEL", help="measure Tune trials packed per GPU")
     p.add_argument("--startup", metavar="MODEL",
                    help="measure Tune trial → first step, in the trial's process and on Train")
@@ -369,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                       for m in args.ddp.split(",")]
         else:
             result = [measure(m, work, args.rows, args.epochs,
-                              batches.get(m), args.stream, extra)
+                              batches.get(m), args.stream, extra, args.plain_only)
                       for m in args.models.split(",")]
             print(table(result))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"

@@ -431,11 +431,21 @@ def wrap_module(module: nn.Module, cfg: Config, device: torch.device, world: int
     if world > 1 and trainable:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.train.compile:
+    if cfg.train.compile and device.type == "cuda":
         # Static shapes: training drops its last partial batch, and the STN's affine_grid
         # does not trace with dynamic shapes.
-        module = torch.compile(module, dynamic=False)
+        module = torch.compile(module, dynamic=False,
+                               mode="reduce-overhead" if cfg.train.cuda_graphs else None)
     return module
+
+
+def train_step(method: Method, state: TrainState, batch: dict) -> Sums:
+    """One optimisation step of ``method``: its sums over ``batch``."""
+    if state.cfg.train.cuda_graphs:
+        # Marks a new iteration for the CUDA graphs, so that replaying them may reuse the
+        # memory of the last step's outputs (which the step's sums no longer reference).
+        torch.compiler.cudagraph_mark_step_begin()
+    return method.train_batch(state, batch)
 
 
 def _all_min(value: int, group) -> int:
@@ -512,7 +522,7 @@ def _train_epoch(method: Method, state: TrainState, source: stream.Source,
         steps = _all_min(source.num_batches(cfg.train.batch_size, drop_last=True), group)
         for step, batch in enumerate(itertools.islice(batches, steps)):
             first_step_at = time.time() if step == 0 else first_step_at
-            _accumulate(sums, method.train_batch(state, batch))
+            _accumulate(sums, train_step(method, state, batch))
         return sums, _some(steps, cfg), first_step_at
     steps = 0
     while True:
@@ -520,7 +530,7 @@ def _train_epoch(method: Method, state: TrainState, source: stream.Source,
         if not _all_have(batch is not None, group):
             break
         first_step_at = time.time() if steps == 0 else first_step_at
-        _accumulate(sums, method.train_batch(state, batch))
+        _accumulate(sums, train_step(method, state, batch))
         steps += 1
     # Drain what this worker has left so Ray Data completes the epoch's execution (its
     # execution index, hence the next epoch's block order, advances only then).
