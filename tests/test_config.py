@@ -71,18 +71,6 @@ def test_out_of_range_values_name_the_key(key, value):
         build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
 
 
-@pytest.mark.parametrize(("sets", "says"), [
-    (["train.compile=false", "train.cuda_graphs=true"], "needs train.compile=true"),
-    (["resources.workers=2"], "resources.workers=1 only"),
-])
-def test_cuda_graphs_are_refused_where_they_cannot_run(sets, says):
-    """The packaged efficient backbones replay CUDA graphs: without compile or with DDP the
-    error names the key and what to set."""
-    assert build_config("efficientnet_b0_dense", "classify").train.cuda_graphs
-    with pytest.raises(ConfigError, match=r"'train\.cuda_graphs'.*" + says):
-        build_config("efficientnet_b0_dense", "classify", sets=sets)
-
-
 def test_placement_and_custom_resources_are_set_per_worker():
     cfg = build_config("deep_emotion", "classify",
                        sets=["resources.placement=STRICT_SPREAD", "resources.custom.node_b=1",

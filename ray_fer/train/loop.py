@@ -435,13 +435,20 @@ def wrap_module(module: nn.Module, cfg: Config, device: torch.device, world: int
         # Static shapes: training drops its last partial batch, and the STN's affine_grid
         # does not trace with dynamic shapes.
         module = torch.compile(module, dynamic=False,
-                               mode="reduce-overhead" if cfg.train.cuda_graphs else None)
+                               mode="reduce-overhead" if cuda_graphs_on(cfg, device) else None)
     return module
+
+
+def cuda_graphs_on(cfg: Config, device: torch.device) -> bool:
+    """Whether training steps replay as CUDA graphs: ``train.cuda_graphs`` with
+    ``train.compile``, on a GPU, in a one-worker run (DDP's all-reduce is not captured)."""
+    return (cfg.train.cuda_graphs and cfg.train.compile and device.type == "cuda"
+            and cfg.resources.workers == 1)
 
 
 def train_step(method: Method, state: TrainState, batch: dict) -> Sums:
     """One optimisation step of ``method``: its sums over ``batch``."""
-    if state.cfg.train.cuda_graphs:
+    if cuda_graphs_on(state.cfg, state.device):
         # Marks a new iteration for the CUDA graphs, so that replaying them may reuse the
         # memory of the last step's outputs (which the step's sums no longer reference).
         torch.compiler.cudagraph_mark_step_begin()

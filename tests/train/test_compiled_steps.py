@@ -1,5 +1,6 @@
 """Compiled training steps (:func:`loop.wrap_module`, :func:`loop.train_step`): compiled on
-GPU only, and replayed as CUDA graphs they train exactly as the compiled step does."""
+GPU only, CUDA graphs only where they can run, and replayed as CUDA graphs they train
+exactly as the compiled step does."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ def test_a_compiled_config_leaves_the_module_eager_on_cpu():
     assert cfg.train.compile and cfg.train.cuda_graphs
     module = nn.Linear(2, 2)
     assert loop.wrap_module(module, cfg, torch.device("cpu"), 1) is module
+
+
+@pytest.mark.parametrize(("sets", "device", "on"), [
+    ([], "cuda", True),
+    (["train.compile=false"], "cuda", False),
+    (["resources.workers=2"], "cuda", False),
+    ([], "cpu", False),
+    (["train.cuda_graphs=false"], "cuda", False),
+])
+def test_cuda_graphs_apply_to_compiled_one_worker_gpu_runs_only(sets, device, on):
+    """So the packaged recipe (compile + CUDA graphs) runs as it is with DDP, on CPU or
+    with compile turned off."""
+    cfg = build_config("efficientnet_b0_dense", "classify", sets=sets)
+    assert loop.cuda_graphs_on(cfg, torch.device(device)) is on
 
 
 def _losses(cuda_graphs: bool, batches: list[dict]) -> list[float]:
