@@ -88,7 +88,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--placement", choices=PLACEMENTS,
                    help="placement of the workers: PACK (default), SPREAD across nodes, "
                         "STRICT_PACK, STRICT_SPREAD")
-    p.add_argument("--compile", action="store_const", const=True, help="torch.compile")
+    p.add_argument("--compile", action="store_const", const=True,
+                   help="torch.compile the training step (GPU only)")
     p.add_argument("--storage", help="folder or s3:// prefix holding runs (default runs/)")
     p.add_argument("--name", help="run name (default <method>-<UTC time>)")
     p.add_argument("--resume", action="store_const", const=True,

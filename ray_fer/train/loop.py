@@ -426,7 +426,8 @@ def seed_everything(seed: int) -> None:
 
 
 def wrap_module(module: nn.Module, cfg: Config, device: torch.device, world: int) -> nn.Module:
-    """``module`` as it trains: in DDP across ``world`` > 1 workers, compiled if configured."""
+    """``module`` as it trains: in DDP across ``world`` > 1 workers, compiled on a GPU if
+    configured (as CUDA graphs where :func:`cuda_graphs_on`)."""
     trainable = any(p.requires_grad for p in module.parameters())
     if world > 1 and trainable:
         module = nn.parallel.DistributedDataParallel(
