@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ray_fer.config import Config, ConfigError, build_config, override, packaged_defaults
+from ray_fer.models import model_names, model_options
 
 
 def test_sources_apply_in_precedence_order(tmp_path):
@@ -30,6 +31,14 @@ def test_method_overrides_sit_on_family_defaults():
     assert resnet.optim.optimizer == "sgd" and resnet.loss.label_smoothing == 0.1
     assert emotion.optim.optimizer == "adam" and emotion.loss.l2 > 0
     assert resnet.data.val_split == emotion.data.val_split == "val"
+
+
+@pytest.mark.parametrize("method", model_names("classify"))
+def test_packaged_model_options_are_ones_the_model_takes(method):
+    """Recipes set model options (the EfficientNets' head dropout); a misspelt one would
+    fail every default run of that model."""
+    cfg = build_config(method, "classify")
+    assert set(cfg.model.options) <= set(model_options(cfg.model_name))
 
 
 def test_strings_are_converted_to_the_field_types():
