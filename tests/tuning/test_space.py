@@ -73,6 +73,22 @@ def test_start_points_are_kept_in_order(tmp_path):
     assert list(space.start_points) == points
 
 
+LR_SPACES = [p for p in SPACES if "optim.lr" in yaml.safe_load(p.read_text())["search"]]
+
+
+@pytest.mark.parametrize("path", LR_SPACES, ids=[p.stem for p in LR_SPACES])
+def test_searched_learning_rates_bracket_the_packaged_one(path):
+    """SGD recipes train at ~50x Adam's learning rate: a range made for Adam would search
+    only under-trained models of an SGD method."""
+    from ray_fer.config import build_config
+
+    method = method_for(yaml.safe_load(path.read_text())["method"])
+    cfg = build_config(path.stem, method.family)
+    space = load_search_space(path, lambda k, v: None)
+    (lr,) = (p for p in space.params if p.key == "optim.lr")
+    assert lr.contains(cfg.optim.lr)
+
+
 def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
     from ray_fer.config import build_config
 
