@@ -82,9 +82,8 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
     only under-trained models of an SGD method."""
     from ray_fer.config import build_config
 
-    method = method_for(yaml.safe_load(path.read_text())["method"])
-    cfg = build_config(path.stem, method.family)
     space = load_search_space(path, lambda k, v: None)
+    cfg = build_config(space.method, method_for(space.method).family)
     (lr,) = (p for p in space.params if p.key == "optim.lr")
     assert lr.contains(cfg.optim.lr)
 
