@@ -40,9 +40,9 @@ from ray_fer.data.shard_source import (
 
 __all__ = [
     "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "AugmentConfig",
-    "augment_batch", "data_config", "epoch_seed", "fetching_first", "iter_eval_batches",
-    "iter_train_batches", "normalise", "open_split", "apply_data_augmentation",
-    "read_in_order",
+    "CUTMIX_SHARE", "Mix", "apply_mix", "augment_batch", "class_distribution", "data_config",
+    "draw_mix", "epoch_seed", "fetching_first", "iter_eval_batches", "iter_train_batches",
+    "mix_rng", "normalise", "open_split", "apply_data_augmentation", "read_in_order",
 ]
 
 T = TypeVar("T")
@@ -55,6 +55,11 @@ class AugmentConfig:
     ``where="worker"`` runs :func:`augment_batch` in the train worker on its device, seeded
     from (seed, epoch, rank), so a fixed seed reproduces every batch; ``where="data"`` runs
     it on Ray Data's CPU workers (:func:`apply_data_augmentation`), unseeded.
+
+    ``mixup_alpha`` / ``cutmix_alpha`` > 0 turn on Mixup / CutMix of whole training batches
+    (:func:`draw_mix`), a share ``mix_prob`` of them; with both on, each mixed batch uses
+    one of the two at even odds, as timm does. Mixing needs the labels, so it runs in
+    :func:`iter_train_batches` and only with ``where="worker"``.
     """
 
     enabled: bool = True
@@ -66,6 +71,9 @@ class AugmentConfig:
     erasing_p: float = 0.5
     erasing_area: tuple[float, float] = (0.02, 0.2)
     where: str = "worker"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
 
     def __post_init__(self) -> None:
         # YAML gives lists; keep tuples so the config stays hashable and comparable.
@@ -83,6 +91,15 @@ class AugmentConfig:
             problems.append(f"erasing_p={self.erasing_p} (need 0..1)")
         if self.max_rotate_deg < 0 or self.max_translate < 0 or self.crop_padding < 0:
             problems.append("max_rotate_deg, max_translate and crop_padding must be >= 0")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (need >= 0; 0 = off)")
+        if not 0 <= self.mix_prob <= 1:
+            problems.append(f"mix_prob={self.mix_prob} (need 0..1)")
+        if self.where == "data" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            # Ray Data's augmentation sees no labels to mix along with the pixels.
+            problems.append("mixup_alpha/cutmix_alpha > 0 need where='worker' (mixing "
+                            "mixes labels too, which only the train worker can)")
         if problems:
             raise ValueError("invalid augment config: " + "; ".join(problems))
 
@@ -101,6 +118,12 @@ class AugmentConfig:
         """Whether any rotation/translation/scale/crop is on (needs a grid_sample)."""
         return (self.max_rotate_deg > 0 or self.max_translate > 0 or self.crop_padding > 0
                 or self.scale != (1.0, 1.0))
+
+    @property
+    def mixing(self) -> bool:
+        """Whether training batches are mixed (Mixup or CutMix, on the train worker)."""
+        return (self.enabled and self.where == "worker"
+                and (self.mixup_alpha > 0 or self.cutmix_alpha > 0))
 
 
 # ----------------------------------------------------------------------- augmentation
@@ -207,6 +230,99 @@ def apply_data_augmentation(ds: ray.data.Dataset, augment: AugmentConfig) -> ray
                           batch_size=None)
 
 
+# ------------------------------------------------------------------------------ mixing
+
+#: Odds of CutMix rather than Mixup for a mixed batch when both are on (timm's switch_prob).
+CUTMIX_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How one batch is mixed: row i with row ``perm[i]``, which weighs ``1 - lam``.
+
+    Mixup blends whole images; CutMix (``box`` = rows y0:y1, columns x0:x1) pastes the
+    box of the partner image, and ``lam`` is then the share of pixels outside the box.
+    """
+
+    lam: float
+    perm: torch.Tensor
+    box: tuple[int, int, int, int] | None = None
+
+
+def class_distribution(labels: torch.Tensor, soft: torch.Tensor | None, num_classes: int
+                       ) -> torch.Tensor:
+    """(N, K) float target distributions: each row's ``soft`` label (vote shares)
+    normalised to sum to 1, or the one-hot of its label where ``soft`` is None or the
+    row's is unusable (non-finite or summing to 0)."""
+    hard = F.one_hot(labels, num_classes).float()
+    if soft is None:
+        return hard
+    soft = soft.float()
+    total = soft.sum(dim=1, keepdim=True)
+    valid = torch.isfinite(total) & (total > 0)
+    return torch.where(valid, torch.nan_to_num(soft) / total.clamp_min(1e-12), hard)
+
+
+def mix_rng(generator: torch.Generator) -> np.random.Generator:
+    """The host RNG of an epoch's mixing scalars, seeded by one draw from ``generator``.
+
+    torch's Beta sampler takes no generator; numpy's ``beta`` is exact and deterministic
+    for a seed. Drawing the scalars (mix or not, Mixup or CutMix, lam, the box) on the
+    host keeps batches free of host-device syncs: this seed is the epoch's only one.
+    """
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return np.random.default_rng(int(seed))
+
+
+def _cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator
+                ) -> tuple[int, int, int, int]:
+    """A box of (1 - lam) of the image, centred uniformly and clipped to the image (timm's
+    ``rand_bbox``), as (y0, y1, x0, x1)."""
+    side = math.sqrt(1 - lam)
+    cut_h, cut_w = int(height * side), int(width * side)
+    top = int(rng.integers(height)) - cut_h // 2
+    left = int(rng.integers(width)) - cut_w // 2
+    return (max(top, 0), min(top + cut_h, height), max(left, 0), min(left + cut_w, width))
+
+
+def draw_mix(n: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator,
+             rng: np.random.Generator) -> Mix | None:
+    """This batch's :class:`Mix`, or None when it stays unmixed (odds ``1 - mix_prob``).
+
+    One lam ~ Beta(alpha, alpha) per batch (timm's batch mode). Scalars come from ``rng``
+    (:func:`mix_rng`), the permutation from ``generator`` (on the images' device), both in
+    a fixed order, so a seed reproduces the batch.
+    """
+    if rng.random() >= cfg.mix_prob:
+        return None
+    cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or rng.random() < CUTMIX_SHARE)
+    alpha = cfg.cutmix_alpha if cutmix else cfg.mixup_alpha
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.randperm(n, generator=generator, device=generator.device)
+    if not cutmix:
+        return Mix(lam, perm)
+    box = _cutmix_box(lam, height, width, rng)
+    # The clipped box may be smaller than drawn: lam is the share the images really keep.
+    area = (box[1] - box[0]) * (box[3] - box[2])
+    return Mix(1 - area / (height * width), perm, box)
+
+
+def apply_mix(images: torch.Tensor, targets: torch.Tensor, mix: Mix | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``images`` (N, C, H, W) and ``targets`` (N, K) mixed by ``mix`` (as they are for
+    None): targets become ``lam * t + (1 - lam) * t[perm]``."""
+    if mix is None:
+        return images, targets
+    other = images.index_select(0, mix.perm)
+    if mix.box is None:
+        images = images * mix.lam + other * (1 - mix.lam)
+    else:
+        y0, y1, x0, x1 = mix.box
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
+    return images, targets * mix.lam + targets.index_select(0, mix.perm) * (1 - mix.lam)
+
+
 # -------------------------------------------------------------------------- iteration
 
 
@@ -299,7 +415,8 @@ def iter_train_batches(source: Source, *, batch_size: int,
                        device: torch.device, augment: AugmentConfig, seed: int, epoch: int,
                        channels_last: bool = False, drop_last: bool = False,
                        shuffle_buffer: int = 0, prefetch_batches: int = 4,
-                       rank: int | None = None, recorder: CacheRecorder | None = None
+                       rank: int | None = None, recorder: CacheRecorder | None = None,
+                       num_classes: int | None = None, soft_labels: bool = False
                        ) -> Iterator[dict[str, torch.Tensor]]:
     """One epoch of training batches from ``source`` on ``device``.
 
@@ -314,13 +431,22 @@ def iter_train_batches(source: Source, *, batch_size: int,
     Shuffle and augmentation draw from seeds of (``seed``, ``epoch``, ``rank`` (default:
     this worker's world rank)), so with a fixed input order the batches are identical run
     to run.
+
+    When ``augment.mixing``, every batch also carries ``mix_target`` (N, ``num_classes``)
+    float: its rows' target distributions (one-hot of ``label``, or ``soft_label`` with
+    ``soft_labels``) mixed as its images are, unmixed (lam = 1) for a batch left as it is,
+    so that compiled steps always see the same keys. ``label`` stays the row's own.
     """
+    if augment.mixing and num_classes is None:
+        raise ValueError("iter_train_batches: mixing (augment.mixup_alpha/cutmix_alpha) "
+                         "needs num_classes")
     device = torch.device(device)
     rank = _world_rank() if rank is None else rank
     worker_seed = epoch_seed(seed, epoch, rank)
     generator = torch.Generator(device=device)
     generator.manual_seed(worker_seed)
     on_worker = augment.enabled and augment.where == "worker"
+    rng = mix_rng(generator) if augment.mixing else None
     if isinstance(source, DeviceCache):
         raw = source.batches(batch_size, drop_last=drop_last, generator=generator)
     else:
@@ -334,6 +460,12 @@ def iter_train_batches(source: Source, *, batch_size: int,
         images = normalise(batch["image"])
         if on_worker:
             images = augment_batch(images, augment, generator)
+        if rng is not None:
+            soft = batch.get("soft_label") if soft_labels else None
+            targets = class_distribution(batch["label"], soft, num_classes)
+            mix = draw_mix(len(images), images.shape[-2], images.shape[-1], augment,
+                           generator, rng)
+            images, batch["mix_target"] = apply_mix(images, targets, mix)
         yield _finish(batch, images, channels_last)
 
 

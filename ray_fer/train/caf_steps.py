@@ -36,6 +36,7 @@ from ray_fer.train.steps import (
     TrainState,
     check_model_options,
     fused_on_cuda,
+    reject_mixing,
 )
 
 Stats = dict[str, torch.Tensor]
@@ -308,6 +309,7 @@ def _figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
 def _check(cfg: Config) -> None:
     caf_config(cfg)
     check_model_options(cfg)
+    reject_mixing(cfg, "CAF")
     if cfg.resources.workers != 1:
         # The alternating critic/encoder updates address sub-networks directly, which a
         # DDP wrapper would not synchronise; scale CAF out with parallel Tune trials.

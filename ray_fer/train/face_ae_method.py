@@ -70,6 +70,7 @@ from ray_fer.train.steps import (
     fit_images,
     make_optimizer,
     make_scheduler,
+    reject_mixing,
 )
 
 Split = Literal["train", "val"]
@@ -276,6 +277,7 @@ def _ae_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, float]:
 def _ae_check(cfg: Config) -> None:
     ae_config(cfg)
     check_model_options(cfg)
+    reject_mixing(cfg, "face_ae")
     if cfg.resources.workers != 1:
         # L_AE calls the encoder and decoder separately, past a DDP wrapper's forward:
         # its gradients would not be synchronised.
@@ -363,6 +365,7 @@ def _regress_train(state: TrainState, batch: dict) -> Sums:
 def _regress_check(cfg: Config) -> None:
     options = regress_config(cfg)
     check_model_options(cfg)
+    reject_mixing(cfg, "face_ae_regressor")
     if options.ae_checkpoint:
         loc = resolve(options.ae_checkpoint, cfg.data.endpoint)
         if loc.fs.get_file_info(loc.join(META_FILE)).type != pafs.FileType.File:

@@ -512,7 +512,8 @@ def _epoch_batches(cfg: Config, info: DataInfo, device: torch.device, source: st
     return _batches(stream.iter_train_batches(
         source, batch_size=cfg.train.batch_size, device=device, augment=cfg.augment,
         seed=cfg.train.seed, epoch=epoch, channels_last=channels_last, drop_last=True,
-        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank, recorder=recorder),
+        shuffle_buffer=cfg.data.shuffle_buffer, rank=rank, recorder=recorder,
+        num_classes=info.num_classes, soft_labels=cfg.loss.soft_labels),
         info, channels_last)
 
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
+from ray_fer.data.stream import class_distribution
 from ray_fer.data.targets import targets_label
 from ray_fer.models.registry import build_model, model_defaults, model_names, model_options
 from ray_fer.train import metrics as M
@@ -210,15 +211,15 @@ def _classify_optimizers(cfg: Config, modules: dict[str, nn.Module], steps_per_e
 
 
 def _targets(cfg: Config, batch: dict, num_classes: int) -> torch.Tensor:
-    """Hard labels, or per-row soft labels (vote shares) where enabled and present."""
+    """The batch's Mixup/CutMix targets where it has them (they already follow
+    ``loss.soft_labels``), else hard labels, or per-row soft labels (vote shares) where
+    enabled and present."""
+    if "mix_target" in batch:
+        return batch["mix_target"]
     labels = batch["label"]
     if not cfg.loss.soft_labels or "soft_label" not in batch:
         return labels
-    soft = batch["soft_label"].float()
-    total = soft.sum(dim=1, keepdim=True)
-    valid = torch.isfinite(total) & (total > 0)
-    hard = F.one_hot(labels, num_classes).float()
-    return torch.where(valid, torch.nan_to_num(soft) / total.clamp_min(1e-12), hard)
+    return class_distribution(labels, batch["soft_label"], num_classes)
 
 
 def _classify_train(state: TrainState, batch: dict) -> Sums:
@@ -241,10 +242,12 @@ def _classify_train(state: TrainState, batch: dict) -> Sums:
     opt.step()
     sched.step()
     n = torch.tensor(float(labels.numel()), device=loss.device)
+    # A mixed row counts as right when the model picks its target's dominant class.
+    truth = batch["mix_target"].argmax(1) if "mix_target" in batch else labels
     return {
         "loss_sum": loss.detach() * n,
         "l2_sum": penalty.detach() * n,
-        "correct": (logits.detach().argmax(1) == labels).sum().float(),
+        "correct": (logits.detach().argmax(1) == truth).sum().float(),
         "count": n,
     }
 
@@ -325,6 +328,15 @@ def check_model_options(cfg: Config) -> None:
                 f"unknown config key 'model.options.{key}'; model {cfg.model_name!r} "
                 f"accepts: {', '.join(accepted) or 'none'}"
             )
+
+
+def reject_mixing(cfg: Config, method: str) -> None:
+    """ConfigError naming the ``augment`` key that turns on Mixup/CutMix, which mixes class
+    targets: only the classification methods train on those, not ``method``."""
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(cfg.augment, key) > 0:
+            raise ConfigError(f"config key 'augment.{key}': {method} does not support "
+                              "Mixup/CutMix (only the classification methods do); set it to 0")
 
 
 def _classify_check(cfg: Config) -> None:

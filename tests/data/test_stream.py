@@ -15,17 +15,22 @@ import pytest
 import ray
 import torch
 
+from ray_fer.data.device_cache import DeviceCache
 from ray_fer.data.shards import FaceRow, ShardError, ShardWriter
 from ray_fer.data.stream import (
     ROW_ID_STRIDE,
     AugmentConfig,
     apply_data_augmentation,
+    apply_mix,
     augment_batch,
     data_config,
+    draw_mix,
     epoch_seed,
     fetching_first,
     iter_eval_batches,
     iter_train_batches,
+    mix_rng,
+    normalise,
     open_split,
 )
 from ray_fer.storage import resolve
@@ -247,6 +252,164 @@ def test_augment_config_from_yaml_mapping_checks_names_and_ranges():
         AugmentConfig.from_dict({"rotate": 5})
     with pytest.raises(ValueError, match="where='gpu'"):
         AugmentConfig(where="gpu")
+
+
+# ------------------------------------------------------------------------------ mixing
+
+#: Every augmentation but mixing off, so a batch's images are its rows' pixels or mixes.
+ONLY_MIXING = {"hflip": False, "max_rotate_deg": 0, "max_translate": 0, "scale": (1, 1),
+               "erasing_p": 0}
+
+
+def _one_hot(n: int = 16, seed: int = 4) -> torch.Tensor:
+    labels = torch.randint(0, len(CLASSES), (n,), generator=_gen(seed))
+    return torch.nn.functional.one_hot(labels, len(CLASSES)).float()
+
+
+def _drawn(cfg: AugmentConfig, seed: int, n: int = 16):
+    return draw_mix(n, 24, 24, cfg, _gen(seed), np.random.default_rng(seed))
+
+
+def test_mixup_blends_images_and_targets_with_one_lam_per_batch():
+    images, targets = _images(), _one_hot()
+    mix = _drawn(AugmentConfig(mixup_alpha=0.4), seed=0)
+    assert mix is not None and mix.box is None and 0 < mix.lam < 1
+    assert sorted(mix.perm.tolist()) == list(range(16))
+    out, mixed = apply_mix(images, targets, mix)
+    torch.testing.assert_close(out, mix.lam * images + (1 - mix.lam) * images[mix.perm])
+    torch.testing.assert_close(mixed, mix.lam * targets + (1 - mix.lam) * targets[mix.perm])
+    assert (mixed >= 0).all()
+    torch.testing.assert_close(mixed.sum(1), torch.ones(16))
+
+
+def test_cutmix_pastes_the_partners_box_and_lam_is_the_share_outside_it():
+    images, targets = _images(), _one_hot()
+    areas = []
+    for seed in range(20):
+        mix = _drawn(AugmentConfig(cutmix_alpha=1.0), seed)
+        assert mix is not None and mix.box is not None
+        y0, y1, x0, x1 = mix.box
+        out, mixed = apply_mix(images, targets, mix)
+        inside = torch.zeros(24, 24, dtype=torch.bool)
+        inside[y0:y1, x0:x1] = True
+        assert torch.equal(out[..., inside], images[mix.perm][..., inside])
+        assert torch.equal(out[..., ~inside], images[..., ~inside])
+        area = int(inside.sum())
+        assert mix.lam == pytest.approx(1 - area / (24 * 24))
+        torch.testing.assert_close(mixed, mix.lam * targets + (1 - mix.lam) * targets[mix.perm])
+        areas.append(area)
+    assert len(set(areas)) > 5 and max(areas) > 0  # boxes of varied sizes, some clipped
+
+
+def test_both_alphas_switch_between_mixup_and_cutmix_per_batch():
+    cfg = AugmentConfig(mixup_alpha=0.2, cutmix_alpha=1.0)
+    kinds = [_drawn(cfg, seed).box is None for seed in range(40)]
+    assert 5 < sum(kinds) < 35
+
+
+def _cache(n: int = 40) -> DeviceCache:
+    faces = _faces(n, seed=1)
+    return DeviceCache({
+        "image": torch.from_numpy(faces["image"]), "label": torch.from_numpy(faces["label"]),
+        "soft_label": torch.from_numpy(faces["soft"]), "row": torch.arange(n)})
+
+
+def _mixed_epoch(cfg: AugmentConfig, epoch: int = 0, seed: int = 7, **kwargs
+                 ) -> list[dict[str, torch.Tensor]]:
+    return list(iter_train_batches(_cache(), batch_size=8, device=torch.device("cpu"),
+                                   augment=cfg, seed=seed, epoch=epoch, rank=0,
+                                   num_classes=len(CLASSES), **kwargs))
+
+
+def test_mixed_train_batches_repeat_exactly_for_a_seed_and_differ_across_epochs():
+    cfg = AugmentConfig(**ONLY_MIXING, mixup_alpha=0.2, cutmix_alpha=1.0, mix_prob=0.7)
+    first, again, later = _mixed_epoch(cfg), _mixed_epoch(cfg), _mixed_epoch(cfg, epoch=1)
+    for a, b in zip(first, again, strict=True):
+        for key in ("row", "image", "mix_target"):
+            assert torch.equal(a[key], b[key]), key
+    assert not all(torch.equal(a["mix_target"], b["mix_target"])
+                   for a, b in zip(first, later, strict=True))
+    for batch in first:  # every batch carries mix_target, mixed or not
+        target = batch["mix_target"]
+        assert target.shape == (8, len(CLASSES)) and target.dtype == torch.float32
+        assert (target >= 0).all()
+        torch.testing.assert_close(target.sum(1), torch.ones(8))
+
+
+def test_unmixed_batches_keep_their_pixels_and_carry_their_own_targets():
+    cache = _cache()
+    cfg = AugmentConfig(**ONLY_MIXING, mixup_alpha=0.2, mix_prob=0.0)
+    for soft_labels, column in ((False, None), (True, "soft_label")):
+        for batch in _mixed_epoch(cfg, soft_labels=soft_labels):
+            rows = batch["row"]
+            assert torch.equal(batch["image"], normalise(cache.columns["image"][rows]))
+            assert torch.equal(batch["label"], cache.columns["label"][rows])
+            expected = (cache.columns[column][rows] if column else
+                        torch.nn.functional.one_hot(batch["label"], len(CLASSES)).float())
+            torch.testing.assert_close(batch["mix_target"], expected)
+
+
+def _partner(image: torch.Tensor, own: torch.Tensor, i: int) -> tuple[int, float]:
+    """The row j and lam with image = lam * own[i] + (1 - lam) * own[j], closest fit."""
+    fits = []
+    for j in range(len(own)):
+        if j == i:
+            continue
+        step = (own[i] - own[j]).flatten()
+        lam = float((image - own[j]).flatten() @ step / (step @ step))
+        fits.append((float((image - lam * own[i] - (1 - lam) * own[j]).abs().max()), j, lam))
+    error, j, lam = min(fits)
+    assert error < 1e-4
+    return j, lam
+
+
+def test_worker_mixup_blends_each_row_with_another_of_its_batch_and_their_targets():
+    cache = _cache()
+    for batch in _mixed_epoch(AugmentConfig(**ONLY_MIXING, mixup_alpha=1.0)):
+        own = normalise(cache.columns["image"][batch["row"]])
+        one_hot = torch.nn.functional.one_hot(batch["label"], len(CLASSES)).float()
+        # A row the permutation leaves in place stays itself (up to rounding).
+        moved = [i for i in range(8) if not torch.allclose(batch["image"][i], own[i])]
+        assert moved
+        lams = set()
+        for i in moved:
+            j, lam = _partner(batch["image"][i], own, i)
+            torch.testing.assert_close(batch["mix_target"][i],
+                                       lam * one_hot[i] + (1 - lam) * one_hot[j])
+            lams.add(round(lam, 4))
+        assert len(lams) == 1  # one lam per batch
+
+
+def test_mixing_without_num_classes_is_refused():
+    with pytest.raises(ValueError, match="num_classes"):
+        next(iter_train_batches(_cache(), batch_size=8, device=torch.device("cpu"),
+                                augment=AugmentConfig(mixup_alpha=0.2), seed=0, epoch=0,
+                                rank=0))
+
+
+def test_mix_rng_is_seeded_by_the_generator():
+    draws = [mix_rng(_gen(seed)).random() for seed in (1, 1, 2)]
+    assert draws[0] == draws[1] != draws[2]
+
+
+@pytest.mark.parametrize(("raw", "key"), [
+    ({"mixup_alpha": -0.1}, "mixup_alpha"),
+    ({"cutmix_alpha": -1}, "cutmix_alpha"),
+    ({"mix_prob": 1.5}, "mix_prob"),
+    ({"mixup_alpha": 0.2, "where": "data"}, "where='worker'"),
+    ({"cutmix_alpha": 1.0, "where": "data"}, "where='worker'"),
+])
+def test_invalid_mixing_options_are_refused_naming_the_key(raw, key):
+    with pytest.raises(ValueError, match=key):
+        AugmentConfig.from_dict(raw)
+
+
+def test_mixing_options_come_from_yaml_and_need_worker_augmentation():
+    cfg = AugmentConfig.from_dict({"mixup_alpha": 0.2, "cutmix_alpha": 1.0, "mix_prob": 0.5})
+    assert (cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob) == (0.2, 1.0, 0.5)
+    assert cfg.mixing
+    assert not AugmentConfig(mixup_alpha=0.2, enabled=False).mixing
+    assert not AugmentConfig().mixing
 
 
 # --------------------------------------------------------------------------- iteration

@@ -80,6 +80,14 @@ def test_short_run_on_the_embedded_synthetic_faces_learns(local_ray, tmp_path):
     assert outcome.history[-1]["train_loss"] < outcome.history[0]["train_loss"]
 
 
+def test_a_classifier_trains_with_mixup_and_cutmix(local_ray, shards, tmp_path):
+    """Both mixers on, a third of the batches left unmixed: every step gets mix targets."""
+    outcome = loop.train(config(shards, tmp_path, "mixed", epochs=1, **{
+        "augment.mixup_alpha": 0.2, "augment.cutmix_alpha": 1.0, "augment.mix_prob": 0.67}))
+    assert [m["epoch"] for m in outcome.history] == [0]
+    assert np.isfinite(outcome.metrics["train_loss"]) and outcome.metrics["rows_val"] > 0
+
+
 def test_same_seed_gives_identical_metrics(full_run, resumed_run):
     first, _ = resumed_run
     assert [learning(m) for m in first.history] == [learning(m) for m in full_run.history[:2]]

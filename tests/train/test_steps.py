@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from ray_fer.config import Config
+from ray_fer.config import Config, ConfigError, build_config
 from ray_fer.data.targets import derived_targets_note
-from ray_fer.train.steps import make_optimizer, method_for, run_targets
+from ray_fer.train import loop
+from ray_fer.train.steps import DataInfo, Sums, make_optimizer, method_for, run_targets
 
 
 def test_only_runs_that_train_on_derived_va_are_labelled_so():
@@ -41,3 +42,53 @@ def test_optimizers_over_cuda_parameters_are_fused(name):
     loss = sum(p.sum() for g in opt.param_groups for p in g["params"])
     loss.backward()
     opt.step()  # the fused kernel accepts these settings (nesterov SGD, decoupled decay)
+
+
+def _step(batch: dict, smoothing: float = 0.0) -> Sums:
+    cfg = build_config("deep_emotion", "classify", flags={
+        "data.uri": "unused", "loss.label_smoothing": smoothing})
+    info = DataInfo(class_names=[str(i) for i in range(7)], image_size=48, channels=1)
+    method = method_for(cfg.method)
+    state = loop.build_state(method, cfg, info, torch.device("cpu"), 1)
+    state.train_modules = dict(state.modules)
+    for module in state.modules.values():
+        module.train()
+    torch.manual_seed(0)  # the same dropout masks in the steps compared
+    return method.train_batch(state, batch)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_mixed_batch_trains_and_scores_against_its_mix_target(smoothing):
+    """With ``mix_target`` present, loss and training accuracy follow it, not ``label``:
+    a batch whose mix targets are the one-hots of other labels gives the sums of a batch
+    labelled with those (label smoothing applying alike)."""
+    images = torch.rand(8, 1, 48, 48, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = torch.arange(8) % 7
+    others = (labels + 3) % 7
+    mixed = _step({"image": images, "label": labels,
+                   "mix_target": torch.nn.functional.one_hot(others, 7).float()}, smoothing)
+    relabelled = _step({"image": images, "label": others}, smoothing)
+    plain = _step({"image": images, "label": labels}, smoothing)
+    for key in ("loss_sum", "correct", "count"):
+        torch.testing.assert_close(mixed[key], relabelled[key])
+    assert not torch.equal(mixed["loss_sum"], plain["loss_sum"])
+
+
+@pytest.mark.parametrize(("method", "family"), [
+    ("caf", "caf"), ("caf_baseline", "caf"), ("face_ae", "face_ae")])
+@pytest.mark.parametrize("key", ["mixup_alpha", "cutmix_alpha"])
+def test_methods_without_class_targets_refuse_mixing_naming_the_key(method, family, key):
+    cfg = build_config(method, family, flags={f"augment.{key}": 0.2})
+    with pytest.raises(ConfigError, match=rf"augment\.{key}.*does not support Mixup/CutMix"):
+        method_for(method).check_config(cfg)
+    method_for(method).check_config(build_config(method, family))  # off: accepted
+
+
+def test_set_flags_turn_mixing_on_and_refuse_it_with_ray_data_augmentation():
+    cfg = build_config("vgg_bn", "classify",
+                       sets=["augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"])
+    assert cfg.augment.mixing and cfg.augment.cutmix_alpha == 1.0
+    method_for("vgg_bn").check_config(cfg)
+    with pytest.raises(ConfigError, match=r"augment.*mixup_alpha/cutmix_alpha.*where='worker'"):
+        build_config("vgg_bn", "classify",
+                     sets=["augment.mixup_alpha=0.2", "augment.where=data"])
