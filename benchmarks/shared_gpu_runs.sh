@@ -18,7 +18,8 @@
 #          FER_ARGS adds ray_fer.train flags to every run (e.g. --set data.image_size=48).
 # SMALL_MODEL (default deep_emotion) is the model of the ck, jaffe and loso runs, and
 # SMALL_ARGS adds ray_fer.train flags to each of them (e.g. --init CKPT to fine-tune a
-# FER2013 run of that model, --lr 3e-4).
+# FER2013 run of that model, --lr 3e-4); CAF_ARGS adds flags to each caf and caf_baseline
+# run (e.g. --set model.options.encoder=resnet18, the paper's encoder at 48 px).
 #
 #   bash benchmarks/shared_gpu_runs.sh DATA
 #   PARTS="caf ck" FOLDS_TW="2 3 4" bash benchmarks/shared_gpu_runs.sh DATA
@@ -73,8 +74,9 @@ start=$(date +%s)
 if [[ $parts == *" caf "* ]]; then
   for fold in ${FOLDS_TW:-0 1 2 3 4}; do
     for method in caf caf_baseline; do
+      # shellcheck disable=SC2086  # CAF_ARGS is a list of flags
       train "$method-tw-fold$fold" "$method" --data "$data/tw48" --fold "$fold" --epochs 60 \
-        --batch-size 64
+        --batch-size 64 ${CAF_ARGS:-}
     done
   done
 fi
