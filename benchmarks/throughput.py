@@ -3,8 +3,9 @@
 For each model, at its training size and batch, on one GPU:
 
 (a) plain: the model's training step (ray_fer's own step function: the same loss,
-    bf16 autocast, channels_last, augmentation on the GPU) over uint8 faces already on the
-    GPU, a seeded permutation per epoch — no Ray, no data pipeline;
+    bf16 autocast, channels_last; the same batches: augmentation and Mixup/CutMix on the
+    GPU) over uint8 faces already on the GPU, a seeded permutation per epoch — no Ray, no
+    data pipeline;
 (b) ray_fer: ``ray_fer.train.loop.train`` — shards read by Ray Data, one Ray Train
     worker, the worker's device cache (``data.cache``) filled in epoch 0; images/s
     from the loop's own per-epoch ``rows_train / time_train_s``, median over epochs ≥ 1,
@@ -39,12 +40,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from ray_fer.config import Config, build_config
 from ray_fer.data import stream
-from ray_fer.data.shards import decode_images, read_manifest
+from ray_fer.data.device_cache import DeviceCache
+from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_table
+from ray_fer.data.shards import read_manifest
 from ray_fer.models.registry import model_defaults
 from ray_fer.storage import resolve
 from ray_fer.train import loop
@@ -88,22 +93,42 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
-    """(a): images/s of the training step over GPU-resident train rows (median epoch ≥ 1)."""
+def gpu_cache(cfg: Config, data: str, device: torch.device) -> DeviceCache:
+    """The train rows of ``data`` decoded straight from its shards (no Ray) into a
+    :class:`DeviceCache` on ``device``: the columns a worker's cache holds."""
+    loc = resolve(data)
+    manifest = read_manifest(loc)
+    parts = []
+    for index, shard in enumerate(manifest.shards):
+        table = pq.read_table(loc.join(shard.file))
+        table = table.filter(pc.is_in(table["split"], pa.array(cfg.data.train_splits)))
+        rows = index * ROW_ID_STRIDE + np.arange(len(table), dtype=np.int64)
+        parts.append(decode_table(table, rows, manifest.image_shape, manifest.num_classes,
+                                  DECODED_COLUMNS))
+    table = pa.concat_tables(parts)
+    columns = {}
+    for name in DECODED_COLUMNS:
+        array = table[name].combine_chunks()
+        # Tensor columns (image, soft_label) are Ray's Arrow extension arrays.
+        values = (array.to_numpy() if isinstance(array, pa.ExtensionArray)
+                  else array.to_numpy(zero_copy_only=False))
+        columns[name] = torch.from_numpy(np.array(values, order="C")).to(device)
+    return DeviceCache(columns)
+
+
+def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:
+    """(a): ``epochs`` of the training step over GPU-resident train rows; per epoch its
+    images, wall seconds and ``issue_s``, the seconds until the last step was launched
+    (close to ``wall_s``: the host, not the GPU, sets the pace).
+
+    The batches are ray_fer's own (``stream.iter_train_batches`` over the rows on the GPU:
+    normalisation, augmentation, Mixup/CutMix as configured), so (a) and (b) do the same
+    work per step; (a) has no Ray, no data pipeline and no metric bookkeeping.
+    """
     method, plan = loop.plan_run(cfg)
     device = torch.device("cuda" if cfg.resources.gpu else "cpu")
     torch.backends.cudnn.benchmark = True  # as the Ray Train worker sets it
-    loc = resolve(data)
-    manifest = read_manifest(loc)
-    tables = [pq.read_table(loc.join(s.file), columns=["image", "label", "split"])
-              for s in manifest.shards]
-    images, labels = [], []
-    for table in tables:
-        keep = np.asarray(table["split"].to_pylist()) == "train"
-        images.append(decode_images(table["image"], manifest.image_shape)[keep])
-        labels.append(table["label"].to_numpy()[keep])
-    pixels = torch.from_numpy(np.concatenate(images)).to(device)
-    label = torch.from_numpy(np.concatenate(labels)).long().to(device)
+    cache = gpu_cache(cfg, data, device)
     info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
                     channels=plan.channels)
     state = loop.build_state(method, cfg, info, device, plan.steps_per_epoch)
@@ -111,28 +136,30 @@ def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
                            for k, m in state.modules.items()}
     for module in state.modules.values():
         module.train()
-    generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.train.seed)
-    batch_size, n = cfg.train.batch_size, len(label)
-    rates = []
-    layout = torch.channels_last if cfg.train.channels_last and device.type == "cuda" else (
-        torch.contiguous_format)
-    for _ in range(epochs):
+    channels_last = cfg.train.channels_last and device.type == "cuda"
+    records = []
+    for epoch in range(epochs):
+        batches = stream.iter_train_batches(
+            cache, batch_size=cfg.train.batch_size, device=device, augment=cfg.augment,
+            seed=cfg.train.seed, epoch=epoch, channels_last=channels_last, drop_last=True,
+            rank=0, num_classes=info.num_classes, soft_labels=cfg.loss.soft_labels)
         _sync(device)
         started = time.perf_counter()
-        order = torch.randperm(n, generator=generator, device=device)
-        for start in range(0, n - batch_size + 1, batch_size):
-            index = order[start:start + batch_size]
-            x = stream.normalise(pixels.index_select(0, index))
-            if cfg.augment.enabled:
-                x = stream.augment_batch(x, cfg.augment, generator)
-            batch = loop.fit_batch({"image": x.contiguous(memory_format=layout),
-                                    "label": label.index_select(0, index)}, info,
-                                   channels_last=layout == torch.channels_last)
-            loop.train_step(method, state, batch)
+        steps = 0
+        for batch in batches:
+            loop.train_step(method, state, loop.fit_batch(batch, info, channels_last))
+            steps += 1
+        issued = time.perf_counter()
         _sync(device)
-        rates.append((n // batch_size) * batch_size / (time.perf_counter() - started))
-    return statistics.median(rates[1:])
+        wall = time.perf_counter() - started
+        records.append({"images": steps * cfg.train.batch_size, "wall_s": wall,
+                        "issue_s": issued - started})
+    return records
+
+
+def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
+    """(a)'s images/s: the median over epochs >= 1 of :func:`plain_epochs`."""
+    return statistics.median(r["images"] / r["wall_s"] for r in plain_epochs(cfg, data, epochs)[1:])
 
 
 def ray_path(cfg: Config) -> dict:

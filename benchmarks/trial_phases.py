@@ -11,7 +11,11 @@ reused one are told apart by their process id.
     python benchmarks/trial_phases.py deep_emotion --trials 8 --concurrent 4 --gpus-per-trial 0.25
 
 Prints one line per trial (seconds since the trial function started: phase start + its
-duration) and writes them as JSON with ``--json``.
+duration) and writes them as JSON with ``--json``. ``--stacks S`` also samples every
+thread of each trial's process every S seconds (from a thread of its own, through
+``sys._current_frames``) and prints, for the trials in new processes, what each thread
+running ray_fer code was doing at each sample: its innermost ray_fer frame and the
+innermost frame of all (e.g. a module being imported).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
+import traceback
 from pathlib import Path
 
 #: ray_fer functions whose (start, duration) each trial records, by module.
@@ -28,11 +35,38 @@ TIMED = {"ray_fer.train.loop": ("plan_run", "open_datasets", "build_state"),
          "ray_fer.tuning.trial": ("trial_device",)}
 
 
-def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str) -> None:
-    """``run_trial`` with its phases timed; writes ``marks-<pid>-<n>.json`` to ``marks_dir``."""
+def _where(frame) -> str | None:
+    """``innermost ray_fer frame <- innermost frame`` of a thread's stack, None if it runs
+    no ray_fer code."""
+    frames = traceback.extract_stack(frame)
+    ours = [f for f in frames if "/ray_fer/" in f.filename]
+    if not ours:
+        return None
+
+    def short(f: traceback.FrameSummary) -> str:
+        return f"{'/'.join(Path(f.filename).parts[-2:])}:{f.lineno} {f.name}"
+
+    return f"{short(ours[-1])} <- {short(frames[-1])}"
+
+
+def sample_stacks(every_s: float, started: float, samples: list, stop: threading.Event
+                  ) -> None:
+    """Append ``[seconds since started, [where of each thread running ray_fer]]`` to
+    ``samples`` every ``every_s`` until ``stop`` is set."""
+    me = threading.get_ident()
+    while not stop.wait(every_s):
+        frames = sys._current_frames()
+        samples.append([round(time.time() - started, 3),
+                        [w for ident, frame in frames.items()
+                         if ident != me and (w := _where(frame)) is not None]])
+
+
+def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str,
+                stacks_s: float = 0.0) -> None:
+    """``run_trial`` with its phases timed; writes ``marks-<pid>-<n>.json`` to ``marks_dir``
+    (with ``stacks_s``, also the threads' stack samples, see :func:`sample_stacks`)."""
     import functools
     import importlib
-    import time
 
     import ray_fer.train.loop as loop
     import ray_fer.tuning.trial as trial
@@ -76,14 +110,26 @@ def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str) -> No
             wrap(importlib.import_module(module_name), name, call)
     wrap(loop, "_batches", first_batch)  # recorded as "first_batch"
     wrap(loop, "_accumulate", first_step_done)
+    stop = threading.Event()
+    if stacks_s:
+        marks["stacks"] = []
+        threading.Thread(target=sample_stacks, args=(stacks_s, started, marks["stacks"], stop),
+                         daemon=True).start()
     try:
         run_trial(params, base=base, storage=storage)
     finally:
+        stop.set()
         for module, name, original in restore:
             setattr(module, name, original)
         marks["total"] = round(time.time() - started, 3)
         path = Path(marks_dir) / f"marks-{time.time_ns()}-{os.getpid()}.json"
         path.write_text(json.dumps(marks))
+
+
+def stack_timeline(samples: list, until: float) -> list[str]:
+    """One line per stack sample taken up to ``until`` seconds."""
+    return [f"  {at:5.2f} s  " + "\n           ".join(where or ["-"])
+            for at, where in samples if at <= until]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrent", type=int, default=4)
     p.add_argument("--gpus-per-trial", type=float, default=0.25)
     p.add_argument("--work", help="folder for shards, runs and marks (default: a temp folder)")
+    p.add_argument("--stacks", type=float, default=0.0, metavar="S",
+                   help="sample every thread's stack every S seconds (new processes shown)")
     p.add_argument("--json", help="write the marks here")
     args = p.parse_args(argv)
     import functools
@@ -118,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
              "--max-concurrent", str(args.concurrent), "--epochs", "1", "--grace-period", "1"]
     if torch.cuda.is_available():
         argv_ += ["--gpus-per-trial", str(args.gpus_per_trial)]
-    trial_fn = functools.partial(timed_trial, marks_dir=str(marks_dir))
+    trial_fn = functools.partial(timed_trial, marks_dir=str(marks_dir), stacks_s=args.stacks)
     code = tune.main(argv_, trial_fn=trial_fn)
     if code != 0:
         return code
@@ -128,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         record["process"] = "reused" if record["pid"] in seen else "new"
         seen.add(record["pid"])
         records.append(record)
+        samples = record.pop("stacks", [])
         print(json.dumps(record))
+        if record["process"] == "new":
+            print("\n".join(stack_timeline(samples, record.get("first_step_done",
+                                                               record["total"]))))
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=2))
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_fer.cluster.runtime import connect
+from ray_fer.cluster.runtime import connect, warm_workers
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
@@ -42,6 +42,7 @@ from ray_fer.tuning.results import (
     write_text,
 )
 from ray_fer.tuning.space import SearchSpace, load_search_space
+from ray_fer.tuning.trial import trial_runtime_env
 
 #: Search settings and their defaults (the YAML's ``search_settings`` and the flags win).
 DEFAULT_SETTINGS = {"num_samples": 8, "max_concurrent": 2, "grace_period": 1,
@@ -263,6 +264,8 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
         connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
                 extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
+        # The first trials' Ray Data reads start at once in workers ready for them.
+        warm_workers(2 * opts["max_concurrent"], trial_runtime_env())
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
                             resume=args.resume, max_failures=args.max_failures,
                             trial_fn=trial_fn)

@@ -228,7 +228,7 @@ def _ae_train(state: TrainState, batch: dict) -> Sums:
         stats = ae_step(state.train_modules["model"], state.optimizers["model"], pairs,
                         ae_config(state.cfg))
     state.schedulers["model"].step()
-    n = torch.tensor(float(len(pairs["image_i"])), device=state.device)
+    n = torch.full((), float(len(pairs["image_i"])), device=state.device)
     return {"loss_sum": stats["loss"] * n, "valence_se": stats["valence_mse"] * n,
             "arousal_se": stats["arousal_mse"] * n, "pair_se": stats["pair_mse"] * n,
             "pairs": n, "count": n}
@@ -253,7 +253,7 @@ def _ae_eval(state: TrainState, batch: dict) -> Sums:
     if pairs is not None:
         with state.autocast():
             loss = ae_loss(ae, pairs["image_i"], pairs["image_j"], pairs["va_i"], pairs["va_j"])
-        n = torch.tensor(float(len(pairs["image_i"])), device=state.device)
+        n = torch.full((), float(len(pairs["image_i"])), device=state.device)
         sums |= {"pair_se": loss.reconstruction.float() * n, "pairs": n}
     return sums
 
@@ -358,7 +358,7 @@ def _regress_train(state: TrainState, batch: dict) -> Sums:
             stats = regression_step(model, optimizer, images[labelled], target[labelled])
             n = float(labelled.sum())
     state.schedulers["model"].step()
-    count = torch.tensor(n, device=state.device)
+    count = torch.full((), n, device=state.device)
     return {"loss_sum": stats["loss"] * count, "count": count}
 
 

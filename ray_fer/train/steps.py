@@ -241,7 +241,8 @@ def _classify_train(state: TrainState, batch: dict) -> Sums:
     objective.backward()
     opt.step()
     sched.step()
-    n = torch.tensor(float(labels.numel()), device=loss.device)
+    # torch.full, not torch.tensor: a host-to-device copy would wait for the step's kernels.
+    n = torch.full((), float(labels.numel()), device=loss.device)
     # A mixed row counts as right when the model picks its target's dominant class.
     truth = batch["mix_target"].argmax(1) if "mix_target" in batch else labels
     return {
@@ -284,7 +285,7 @@ def classify_eval_sums(logits: torch.Tensor, labels: torch.Tensor, num_classes: 
     confusion = torch.bincount(labels * num_classes + pred, minlength=num_classes ** 2)
     return {
         "loss_sum": loss.detach(),
-        "count": torch.tensor(float(labels.numel()), device=logits.device),
+        "count": torch.full((), float(labels.numel()), device=logits.device),
         "confusion": confusion.reshape(num_classes, num_classes).float(),
     }
 

@@ -17,6 +17,7 @@ a fraction of a CPU, the Train workers reserve their own resources.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,17 @@ from ray_fer.config import Config, override
 
 #: CPU reserved by a DDP trial's driver; its Train workers reserve their own resources.
 TRIAL_DRIVER_CPU = 0.25
+
+
+def trial_runtime_env() -> dict:
+    """The runtime environment Tune gives its trial processes (Ray 2.60: its default
+    variables and those it propagates from this driver's environment), which the tasks a
+    trial starts, e.g. its Ray Data reads, inherit."""
+    from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+
+    return {"env_vars": DEFAULT_ENV_VARS | {name: os.environ[name]
+                                            for name in ENV_VARS_TO_PROPAGATE
+                                            if name in os.environ}}
 
 
 def trial_config(base: dict, params: dict[str, Any], *, storage: str, name: str) -> Config:

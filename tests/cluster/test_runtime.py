@@ -8,7 +8,8 @@ import os
 import pytest
 import ray
 
-from ray_fer.cluster.runtime import TRAIN_POLL_ENV, connect, job_runtime_env
+from ray_fer.cluster.runtime import TRAIN_POLL_ENV, connect, job_runtime_env, warm_workers
+from ray_fer.tuning.trial import trial_runtime_env
 
 
 def test_runtime_env_polls_ray_train_often_unless_the_user_chose(monkeypatch):
@@ -34,5 +35,32 @@ def test_local_ray_leaves_cpus_for_data_reads_beside_every_worker(monkeypatch):
             return os.environ.get("RAY_FER_TEST"), os.environ.get(TRAIN_POLL_ENV)
 
         assert ray.get(env.remote()) == ("1", job_runtime_env()["env_vars"][TRAIN_POLL_ENV])
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_a_trials_first_task_runs_at_once_in_a_warmed_worker(monkeypatch):
+    """A trial process has Tune's runtime environment; its first task (a Ray Data read)
+    must find a worker warmed for that environment, with the reader already imported."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    connect(1, 2)
+    try:
+        env = trial_runtime_env()
+        warmed = set(ray.get(warm_workers(2, env)))
+
+        @ray.remote
+        def probe() -> tuple[int, bool]:
+            import sys
+            return os.getpid(), "ray_fer.data.shard_source" in sys.modules
+
+        @ray.remote(num_cpus=0, runtime_env=env)  # as Tune creates a trial's process
+        class Trial:
+            def first_task(self) -> tuple[int, bool]:
+                return ray.get(probe.remote())
+
+        pid, imported = ray.get(Trial.remote().first_task.remote())
+        assert pid in warmed
+        assert imported
     finally:
         ray.shutdown()
