@@ -37,7 +37,7 @@ from pathlib import Path
 import ray
 import torch
 
-from ray_fer.cluster.runtime import TRAIN_POLL_ENV, connect
+from ray_fer.cluster.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S, connect
 from ray_fer.config import Config, override
 from ray_fer.train import loop
 
@@ -90,24 +90,27 @@ def measure(model: str, data: str, work: Path, epochs: int, batch: int | None,
         return throughput.config(model, data, work / "runs", f"{model}-{context}-"
                                  f"{time.time_ns()}", epochs, batch, extra)
 
-    contexts = [
-        ("driver", lambda c: throughput.plain_epochs(c, data, epochs)),
-        ("task", lambda c: in_task(c, data, epochs)),
-        ("train_worker", lambda c: in_train_worker(c, data, epochs,
-                                                   work / f"{c.run.name}.json")),
-        ("ray_fer", ray_fer_run),
-    ]
+    plain = [("driver", lambda c: throughput.plain_epochs(c, data, epochs)),
+             ("task", lambda c: in_task(c, data, epochs))]
+    train = [("train_worker", lambda c: in_train_worker(c, data, epochs,
+                                                        work / f"{c.run.name}.json")),
+             ("ray_fer", ray_fer_run)]
+    # ray_fer's own poll interval (the environment's, else ray_fer's default) for every
+    # context; then only the Ray Train ones again at ``poll``.
+    rounds = [(os.environ.get(TRAIN_POLL_ENV), plain + train)]
+    if poll:
+        rounds.append((poll, train))
     rows = []
-    for poll_s in [os.environ.get(TRAIN_POLL_ENV)] + ([poll] if poll else []):
+    for poll_s, contexts in rounds:
         if poll_s is not None:
             os.environ[TRAIN_POLL_ENV] = poll_s
         # Ray's workers import the plain loop from this folder.
         path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
         connect(1, 1, extra={"PYTHONPATH": path})
         try:
-            for name, run in contexts if not rows else contexts[2:]:
+            for name, run in contexts:
                 c = cfg(name)
-                row = {"context": name, "poll_s": os.environ.get(TRAIN_POLL_ENV, "0.1"),
+                row = {"context": name, "poll_s": os.environ.get(TRAIN_POLL_ENV, TRAIN_POLL_S),
                        **summary(run(c), c.train.batch_size)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -134,39 +137,21 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model")
     p.add_argument("--rows", type=int, default=41000, help="procedural faces drawn")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (>= 2)")
     p.add_argument("--batch-size", type=int, help="override the model's configured batch")
     p.add_argument("--poll", default="2",
                    help="also run the Ray Train contexts at this poll interval, s "
                         "('' to skip)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.compile=true")
-    p.add_argument("--cpu-smoke", action="store_true",
-                   help="run on CPU (checks the script; the figures mean nothing)")
-    p.add_argument("--work", help="folder for shards and runs (default: a temp folder)")
-    p.add_argument("--json", help="write the results here")
+    throughput.add_run_args(p, "override a config key, e.g. --set train.compile=true")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("step_overhead.py measures GPU training: no CUDA device here (--cpu-smoke "
-              "runs it on CPU to check the script)", file=sys.stderr)
+    if not throughput.gpu_or_smoke(p, args, "step_overhead.py"):
         return 2
-    if args.epochs < 2:
-        p.error("--epochs must be >= 2 (epoch 0 warms up and fills the cache)")
-    extra = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expects KEY=VALUE")
-        extra[key] = value
+    extra = throughput.config_sets(p, args.set)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-overhead-"))
     data = throughput.model_faces(work, args.model, args.rows)
     rows = measure(args.model, data, work, args.epochs, args.batch_size, extra, args.poll)
     print(table(args.model, rows))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device: {device}, torch {torch.__version__}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    throughput.finish(rows, args.json)
     return 0
 
 

@@ -342,12 +342,55 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_run_args(p: argparse.ArgumentParser, set_help: str) -> None:
+    """The flags every training benchmark here takes: --epochs, --set, --cpu-smoke,
+    --work, --json."""
+    p.add_argument("--epochs", type=int, default=4,
+                   help="epochs per measurement (>= 2: epoch 0 compiles, warms up and fills "
+                        "the cache)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="run on CPU (checks the script; the figures mean nothing)")
+    p.add_argument("--work", help="folder for shards and runs (default: a temp folder)")
+    p.add_argument("--json", help="write the results here")
+
+
+def gpu_or_smoke(p: argparse.ArgumentParser, args: argparse.Namespace, script: str) -> bool:
+    """Whether to go on: a GPU is here or ``--cpu-smoke`` was asked for (else says why).
+    Refuses --epochs < 2 as a usage error."""
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (epoch 0 compiles, warms up and fills the cache)")
+    if torch.cuda.is_available() or args.cpu_smoke:
+        return True
+    print(f"{script} measures GPU training: no CUDA device here (--cpu-smoke runs it on CPU "
+          "to check the script)", file=sys.stderr)
+    return False
+
+
+def config_sets(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` flags as config overrides."""
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--set {item!r}: expects KEY=VALUE")
+        extra[key] = value
+    return extra
+
+
+def finish(result: dict | list, json_path: str | None) -> None:
+    """Print the device the figures come from; write ``result`` to ``json_path`` if given."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    print(f"device: {device}, torch {torch.__version__}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--rows", type=int, default=8400, help="faces drawn per input size")
-    p.add_argument("--epochs", type=int, default=4, help="epochs per measurement (>= 2)")
     p.add_argument("--batch-size", action="append", default=[], metavar="MODEL=N",
                    help="override a model's configured batch size")
     p.add_argument("--stream", action="store_true", help="also time data.cache=off")
@@ -364,29 +407,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="trials at once on the GPU (--spread: trials in the search)")
     p.add_argument("--per-gpu", type=int, default=4, help="--spread: trials sharing a GPU")
     p.add_argument("--compile", action="store_true", help="torch.compile (train.compile)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key of the --models and --ddp runs, "
-                        "e.g. --set train.channels_last=false")
-    p.add_argument("--cpu-smoke", action="store_true",
-                   help="run on CPU (checks the script; the figures mean nothing)")
-    p.add_argument("--work", help="folder for shards and runs (default: a temp folder)")
-    p.add_argument("--json", help="write the results here")
+    add_run_args(p, "override a config key of the --models and --ddp runs, "
+                    "e.g. --set train.channels_last=false")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("throughput.py measures GPU training: no CUDA device here (--cpu-smoke runs "
-              "it on CPU to check the script)", file=sys.stderr)
+    if not gpu_or_smoke(p, args, "throughput.py"):
         return 2
-    if args.epochs < 2:
-        p.error("--epochs must be >= 2 (epoch 0 compiles, warms up and fills the cache)")
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     batches = {m: int(n) for m, n in (item.split("=") for item in args.batch_size)}
     work = Path(args.work or tempfile.mkdtemp(prefix="ray_fer-throughput-"))
-    extra: dict = {"train.compile": True} if args.compile else {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expects KEY=VALUE")
-        extra[key] = value
+    extra: dict = ({"train.compile": True} if args.compile else {}) | config_sets(p, args.set)
     if extra and (args.packing or args.startup or args.spread):
         p.error("--compile and --set apply to --models and --ddp runs only")
     if args.packing:
@@ -409,10 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                               batches.get(m), args.stream, extra, args.plain_only)
                       for m in args.models.split(",")]
             print(table(result))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device: {device}, torch {torch.__version__}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    finish(result, args.json)
     return 0
 
 
