@@ -42,7 +42,7 @@ from ray_fer.tuning.results import (
     write_text,
 )
 from ray_fer.tuning.space import SearchSpace, load_search_space
-from ray_fer.tuning.trial import trial_runtime_env
+from ray_fer.tuning.trial import in_trial, trial_runtime_env
 
 #: Search settings and their defaults (the YAML's ``search_settings`` and the flags win).
 DEFAULT_SETTINGS = {"num_samples": 8, "max_concurrent": 2, "grace_period": 1,
@@ -164,7 +164,7 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
     from ray.tune.search.optuna import OptunaSearch
 
     from ray_fer.train.steps import method_for
-    from ray_fer.tuning.trial import in_trial, run_trial, trial_resources
+    from ray_fer.tuning.trial import run_trial, trial_resources
 
     method = method_for(cfg.method)
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
         connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
                 extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
-        # The first trials' Ray Data reads start at once in workers ready for them.
-        warm_workers(2 * opts["max_concurrent"], trial_runtime_env())
+        if in_trial(cfg):
+            # The first trials' Ray Data reads start at once in workers ready for them.
+            warm_workers(2 * opts["max_concurrent"], trial_runtime_env())
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
                             resume=args.resume, max_failures=args.max_failures,
                             trial_fn=trial_fn)

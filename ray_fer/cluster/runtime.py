@@ -45,7 +45,6 @@ def connect(cpus_per_worker: int, workers: int = 1, *, num_gpus: int | None = No
     ray.init(num_cpus=max(os.cpu_count() or 1, needed), num_gpus=num_gpus, runtime_env=env)
 
 
-
 def _import(modules: tuple[str, ...]) -> int:
     import importlib
 
