@@ -41,14 +41,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from ray_fer.config import Config, build_config
 from ray_fer.data import stream
 from ray_fer.data.device_cache import DeviceCache
-from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_table
+from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_table, row_mask
 from ray_fer.data.shards import read_manifest
 from ray_fer.models.registry import model_defaults
 from ray_fer.storage import resolve
@@ -95,25 +94,17 @@ def _sync(device: torch.device) -> None:
 
 def gpu_cache(cfg: Config, data: str, device: torch.device) -> DeviceCache:
     """The train rows of ``data`` decoded straight from its shards (no Ray) into a
-    :class:`DeviceCache` on ``device``: the columns a worker's cache holds."""
+    :class:`DeviceCache` on ``device``: the columns and row ids a worker's cache holds."""
     loc = resolve(data)
     manifest = read_manifest(loc)
     parts = []
     for index, shard in enumerate(manifest.shards):
         table = pq.read_table(loc.join(shard.file))
-        table = table.filter(pc.is_in(table["split"], pa.array(cfg.data.train_splits)))
-        rows = index * ROW_ID_STRIDE + np.arange(len(table), dtype=np.int64)
-        parts.append(decode_table(table, rows, manifest.image_shape, manifest.num_classes,
-                                  DECODED_COLUMNS))
-    table = pa.concat_tables(parts)
-    columns = {}
-    for name in DECODED_COLUMNS:
-        array = table[name].combine_chunks()
-        # Tensor columns (image, soft_label) are Ray's Arrow extension arrays.
-        values = (array.to_numpy() if isinstance(array, pa.ExtensionArray)
-                  else array.to_numpy(zero_copy_only=False))
-        columns[name] = torch.from_numpy(np.array(values, order="C")).to(device)
-    return DeviceCache(columns)
+        keep = np.flatnonzero(row_mask(table, cfg.data.train_splits, None, None))
+        parts.append(decode_table(table.take(keep), index * ROW_ID_STRIDE + keep,
+                                  manifest.image_shape, manifest.num_classes, DECODED_COLUMNS))
+    columns = stream.tensor_columns(pa.concat_tables(parts))
+    return DeviceCache({name: column.to(device) for name, column in columns.items()})
 
 
 def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:

@@ -326,23 +326,29 @@ def apply_mix(images: torch.Tensor, targets: torch.Tensor, mix: Mix | None
 # -------------------------------------------------------------------------- iteration
 
 
+def tensor_columns(batch: pa.Table) -> dict[str, torch.Tensor]:
+    """The numeric columns of ``batch`` (decoded rows, e.g. from :func:`open_split`) as
+    writable CPU tensors; uint8 pixels stay uint8, string columns are left out."""
+    out = {}
+    for name in batch.column_names:
+        col = batch[name]
+        array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        values = (array.to_numpy() if isinstance(array, pa.ExtensionArray)
+                  else array.to_numpy(zero_copy_only=False))
+        if values.dtype == object:
+            continue  # strings (passthrough columns) have no tensor form
+        # Arrow memory is read-only; a copy (microseconds per batch) gives tensors
+        # that callers may safely modify in place.
+        writable = values.flags.writeable and values.flags.c_contiguous
+        out[name] = torch.from_numpy(values if writable else np.array(values, order="C"))
+    return out
+
+
 class _TensorCollate(ArrowBatchCollateFn):
-    """Arrow batch → dict of CPU tensors; uint8 pixels stay uint8 until the device."""
+    """Arrow batch → dict of CPU tensors (:func:`tensor_columns`) in Ray's collate threads."""
 
     def __call__(self, batch: pa.Table) -> dict[str, torch.Tensor]:
-        out = {}
-        for name in batch.column_names:
-            col = batch[name]
-            array = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-            values = (array.to_numpy() if isinstance(array, pa.ExtensionArray)
-                      else array.to_numpy(zero_copy_only=False))
-            if values.dtype == object:
-                continue  # strings (passthrough columns) have no tensor form
-            # Arrow memory is read-only; a copy (microseconds per batch) gives tensors
-            # that callers may safely modify in place.
-            writable = values.flags.writeable and values.flags.c_contiguous
-            out[name] = torch.from_numpy(values if writable else np.array(values, order="C"))
-        return out
+        return tensor_columns(batch)
 
 
 def _world_rank() -> int:
