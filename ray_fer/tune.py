@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_fer.cluster.runtime import connect, warm_workers
+from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
@@ -238,6 +238,22 @@ def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str)
     return "\n".join(lines)
 
 
+def warn_uncached_bytecode() -> None:
+    """Tell the user, on stderr, when this machine's Python must compile torch again in
+    every new trial process, and how to give it a bytecode cache."""
+    missing = uncached_bytecode()
+    if missing:
+        import torch
+
+        site = Path(torch.__file__).parents[1]
+        print(f"note: Python has no bytecode cache for torch here ({missing[0]} is missing: "
+              "PYTHONDONTWRITEBYTECODE is set or the install is read-only), so every new "
+              "trial process compiles torch again (about 5 s more per trial start on an H100 "
+              "machine). Build the cache once per node and keep the variable set for Ray: "
+              f"export PYTHONPYCACHEPREFIX=/var/tmp/pyc; python -m compileall -q -j 0 {site}",
+              file=sys.stderr)
+
+
 def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None = None
          ) -> int:
     """``python -m ray_fer.tune``; ``trial_fn`` replaces the trial function (see
@@ -267,6 +283,7 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         if in_trial(cfg):
             # The first trials' Ray Data reads start at once in workers ready for them.
             warm_workers(2 * opts["max_concurrent"], trial_runtime_env())
+        warn_uncached_bytecode()
         tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
                             resume=args.resume, max_failures=args.max_failures,
                             trial_fn=trial_fn)

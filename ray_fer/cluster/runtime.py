@@ -69,3 +69,22 @@ def warm_workers(count: int, runtime_env: dict,
 
     task = ray.remote(num_cpus=0)(_import).options(runtime_env=runtime_env)
     return [task.remote(modules) for _ in range(count)]
+
+
+def uncached_bytecode(modules: tuple[str, ...] = ("torch", "torch._dynamo")) -> list[str]:
+    """The bytecode files of ``modules`` that Python's cache lacks (honouring
+    ``PYTHONPYCACHEPREFIX``): every new process compiles those modules from source again.
+
+    pip writes the cache at install time, but an interpreter run with
+    ``PYTHONDONTWRITEBYTECODE`` over an install without ``__pycache__`` never has it. Each
+    new Tune trial process then spent about 5 s more compiling torch and its compiler stack
+    (which ``torch.optim`` imports) on an H100 machine (benchmarks/RESULTS.md, session 13).
+    """
+    import importlib.util
+
+    missing = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.cached and not os.path.exists(spec.cached):
+            missing.append(spec.cached)
+    return missing

@@ -3,12 +3,21 @@ reads, and the environment every process of the job gets."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import py_compile
+import sys
 
 import pytest
 import ray
 
-from ray_fer.cluster.runtime import TRAIN_POLL_ENV, connect, job_runtime_env, warm_workers
+from ray_fer.cluster.runtime import (
+    TRAIN_POLL_ENV,
+    connect,
+    job_runtime_env,
+    uncached_bytecode,
+    warm_workers,
+)
 from ray_fer.tuning.trial import trial_runtime_env
 
 
@@ -64,3 +73,20 @@ def test_a_trials_first_task_runs_at_once_in_a_warmed_worker(monkeypatch):
         assert imported
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("prefix", [None, "pyc"], ids=["beside_source", "pycache_prefix"])
+def test_uncached_bytecode_names_modules_until_their_cache_exists(tmp_path, monkeypatch,
+                                                                   prefix):
+    name = f"bytecode_probe_{prefix or 'beside'}"  # a parent imported once stays imported
+    package = tmp_path / "src" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.setattr(sys, "pycache_prefix", prefix and str(tmp_path / prefix))
+    expected = importlib.util.cache_from_source(str(package / "mod.py"))
+
+    assert uncached_bytecode((f"{name}.mod", "no_such_module_here")) == [expected]
+    py_compile.compile(str(package / "mod.py"), cfile=expected)
+    assert uncached_bytecode((f"{name}.mod",)) == []

@@ -23,7 +23,7 @@ from support.tiny_shards import write_tiny_shards
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from ray_fer.data.targets import derived_targets_note
-from ray_fer.tune import main
+from ray_fer.tune import main, warn_uncached_bytecode
 from ray_fer.tuning.space import load_search_space
 
 pytestmark = pytest.mark.slow
@@ -288,3 +288,17 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, sp
                 if t.params["optim.lr"] == pytest.approx(last["config"]["optim.lr"])]
         assert len(kept) == 1 and kept[0].state.name == "COMPLETE", study
         assert kept[0].value == pytest.approx(last["val_accuracy"])
+
+
+def test_a_search_says_how_to_cache_bytecode_only_where_python_has_none(tmp_path, monkeypatch,
+                                                                         capsys):
+    import torch
+
+    warn_uncached_bytecode()  # this environment's own cache, written by pip or by imports
+    assert capsys.readouterr().err == ""
+    # An empty cache folder is what an interpreter told not to write bytecode sees.
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "pyc"))
+    warn_uncached_bytecode()
+    note = capsys.readouterr().err
+    assert str(tmp_path / "pyc") in note
+    assert f"compileall -q -j 0 {Path(torch.__file__).parents[1]}" in note
