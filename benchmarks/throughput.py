@@ -44,6 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ray_fer.cluster.runtime import uncached_bytecode
 from ray_fer.config import Config, build_config
 from ray_fer.data import stream
 from ray_fer.data.device_cache import DeviceCache
@@ -370,9 +371,11 @@ def config_sets(p: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
 
 
 def finish(result: dict | list, json_path: str | None) -> None:
-    """Print the device the figures come from; write ``result`` to ``json_path`` if given."""
+    """Print the device the figures come from and whether torch's bytecode was cached (new
+    processes start seconds slower without); write ``result`` to ``json_path`` if given."""
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    print(f"device: {device}, torch {torch.__version__}")
+    cached = "no" if uncached_bytecode() else "yes"
+    print(f"device: {device}, torch {torch.__version__}, bytecode cached: {cached}")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2))
 
