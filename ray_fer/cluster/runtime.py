@@ -85,6 +85,11 @@ def uncached_bytecode(modules: tuple[str, ...] = ("torch", "torch._dynamo")) -> 
     missing = []
     for name in modules:
         spec = importlib.util.find_spec(name)
-        if spec is not None and spec.cached and not os.path.exists(spec.cached):
-            missing.append(spec.cached)
+        if spec is None or not spec.has_location or not str(spec.origin).endswith(".py"):
+            continue
+        # From the source path, not ``spec.cached``: an imported module's spec keeps the
+        # cache path of its own import; a new process looks where the prefix says now.
+        cached = importlib.util.cache_from_source(spec.origin)
+        if not os.path.exists(cached):
+            missing.append(cached)
     return missing
