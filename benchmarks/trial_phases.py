@@ -11,7 +11,9 @@ reused one are told apart by their process id.
     python benchmarks/trial_phases.py deep_emotion --trials 8 --concurrent 4 --gpus-per-trial 0.25
 
 Prints one line per trial (seconds since the trial function started: phase start + its
-duration) and writes them as JSON with ``--json``. ``--stacks S`` also samples every
+duration; ``process_age_s``: how long the trial's process had existed by then, which in a
+new process is its start and the trainable's imports) and writes them as JSON with
+``--json``. ``--stacks S`` also samples every
 thread of each trial's process every S seconds (from a thread of its own, through
 ``sys._current_frames``) and prints, for the trials in new processes, what each thread
 running ray_fer code was doing at each sample: its innermost ray_fer frame and the
@@ -61,6 +63,18 @@ def sample_stacks(every_s: float, started: float, samples: list, stop: threading
                          if ident != me and (w := _where(frame)) is not None]])
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process was created (Linux ``/proc``; None elsewhere). In a new
+    trial process: Tune's start of it, the Ray worker's start and the trainable's imports,
+    all before the trial function runs."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks
+
+
 def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str,
                 stacks_s: float = 0.0) -> None:
     """``run_trial`` with its phases timed; writes ``marks-<pid>-<n>.json`` to ``marks_dir``
@@ -73,7 +87,9 @@ def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str,
 
     run_trial = trial.run_trial
     started = time.time()
-    marks: dict = {"pid": os.getpid()}
+    age = process_age_s()
+    marks: dict = {"pid": os.getpid(),
+                   "process_age_s": None if age is None else round(age, 3)}
     restore = []
 
     def wrap(module, name: str, record) -> None:
