@@ -73,10 +73,7 @@ def decode_table(table: pa.Table, row_ids: np.ndarray, image_shape: Sequence[int
     labels = table["label"].to_numpy().astype(np.int64)
     for name in columns:
         if name == "image":
-            pixels = table["image"]
-            # One chunk (the usual case) decodes without the copy combine_chunks makes.
-            pixels = pixels.chunk(0) if pixels.num_chunks == 1 else pixels
-            out[name] = ArrowTensorArray.from_numpy(decode_images(pixels, image_shape))
+            out[name] = ArrowTensorArray.from_numpy(decode_images(table["image"], image_shape))
         elif name == "label":
             out[name] = pa.array(labels)
         elif name == "soft_label":
