@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import multiprocessing
 import os
 import sys
@@ -28,7 +29,7 @@ import numpy as np
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
 from ray_fer.data.shards import FaceRow, Manifest, ShardWriter, invalidate
-from ray_fer.data.splits import assign_folds, stratified_holdout
+from ray_fer.data.splits import assign_folds, carve_validation, stratified_holdout
 from ray_fer.errors import UserError
 from ray_fer.storage import Location, StorageError, check_reachable, resolve
 
@@ -142,6 +143,40 @@ def _held_out(items: list[SourceItem], sizes: dict[str, int], seed: int, format:
     return [replace(item, split=name) for item, name in zip(items, names, strict=True)], note
 
 
+def _carved(items: list[SourceItem], fraction: float, seed: int,
+            split_source: dict[str, str]) -> tuple[list[SourceItem], dict[str, str]]:
+    """Items with ``val`` carved out of ``train`` (:func:`carve_validation`), and the
+    manifest's note on each split.
+
+    The dataset's own validation split becomes a held-out test split: ``test`` when the
+    layout has no test rows (FER2013's image-folder release: PublicTest), else the official
+    name in lower case (``publictest`` beside the CSV's PrivateTest ``test``). Checkpoints
+    and searches then select on the carved ``val`` and never see what is reported.
+    """
+    train = [i for i, item in enumerate(items) if item.split == "train"]
+    if not train:
+        raise ValueError("--val-from-train: the source has no train split to carve from")
+    official = {item.split for item in items}
+    renamed = "test" if "test" not in official else split_source.get("val", "val2").lower()
+    chosen = carve_validation([items[i].label for i in train],
+                              [items[i].subject_id for i in train], fraction, seed)
+    carved = set(itertools.compress(train, chosen))
+    by = "subject-disjoint" if any(items[i].subject_id for i in train) else "rows"
+    note = dict(split_source)
+    if "val" in official:
+        note[renamed] = split_source.get("val", "val")
+    note["val"] = (f"{len(carved)} of {len(train)} train images ({fraction:g}), stratified by "
+                   f"class, {by}, seed {seed}")
+    note["train"] = f"{split_source.get('train', 'train')} minus val"
+
+    def split_of(i: int, item: SourceItem) -> str:
+        if i in carved:
+            return "val"
+        return renamed if item.split == "val" else item.split
+
+    return [replace(item, split=split_of(i, item)) for i, item in enumerate(items)], note
+
+
 def _sizes_text(sizes: dict[str, int]) -> str:
     return ",".join(f"{name}={n}" for name, n in sizes.items())
 
@@ -159,7 +194,13 @@ def _parse_holdout(text: str) -> dict[str, int]:
 
 
 def _check_options(size: int | None, channels: int | None, folds: int,
-                   workers: int | None) -> None:
+                   workers: int | None, val_from_train: float | None = None,
+                   holdout: dict[str, int] | None = None) -> None:
+    if val_from_train is not None and not 0 < val_from_train < 1:
+        raise ValueError(f"--val-from-train must be a fraction in (0, 1), got {val_from_train}")
+    if val_from_train is not None and "val" in (holdout or {}):
+        raise ValueError("--holdout already gives a val split; drop val from it or drop "
+                         "--val-from-train")
     if size is not None and not 8 <= size <= 1024:
         raise ValueError(f"--size must be between 8 and 1024 px, got {size}")
     if channels is not None and channels not in (1, 3):
@@ -174,7 +215,7 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
            channels: int | None = None, folds: int = 10, seed: int = 0,
            endpoint: str | None = None, workers: int | None = None,
            reader_options: dict | None = None, holdout: dict[str, int] | None = None,
-           progress: bool = True) -> Manifest:
+           val_from_train: float | None = None, progress: bool = True) -> Manifest:
     """Ingest dataset ``source`` in layout ``format`` into face shards at ``out``.
 
     ``size``/``channels`` default to the dataset's native crop (48 px gray for FER2013,
@@ -182,11 +223,13 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     (seeded by ``seed``) are assigned to the train split; other splits get fold -1.
     ``holdout`` (split → row count, e.g. JAFFE's ``{"train": 120, "val": 23, "test": 70}``)
     splits a dataset without official splits by class-stratified, seeded sampling.
+    ``val_from_train`` (a fraction) carves the validation split out of the training rows
+    and turns the official validation split into a held-out test split (:func:`_carved`).
     Raises :class:`DatasetFormatError`, :class:`StorageError`, :class:`ShardError` or
     ``ValueError`` with a message naming the file, column or endpoint; on any failure
     the prefix is left without a manifest.
     """
-    _check_options(size, channels, folds, workers)
+    _check_options(size, channels, folds, workers, val_from_train, holdout)
     try:
         reader = get_reader(format, **(reader_options or {}))
     except TypeError as exc:  # an option the format does not take, e.g. --class-map
@@ -206,6 +249,8 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     split_source = reader.split_source()
     if holdout:
         items, split_source = _held_out(items, holdout, seed, format, split_source)
+    if val_from_train is not None:
+        items, split_source = _carved(items, val_from_train, seed, split_source)
     # Layouts list faces class by class; shards in that order would feed single-class
     # blocks to training (batch norm then learns the batch's class, not the face). A seeded
     # permutation mixes them and keeps ingest reproducible.
@@ -314,6 +359,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", metavar="SPLIT=N,...",
                    help="split a dataset without official splits into these counts, "
                         "class-stratified (JAFFE paper protocol: train=120,val=23,test=70)")
+    p.add_argument("--val-from-train", type=float, metavar="FRACTION",
+                   help="carve a validation split out of train (stratified by class, "
+                        "subject-disjoint, seeded); the official validation split becomes "
+                        "a test split (FER2013: PublicTest -> test)")
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
     p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
@@ -331,6 +380,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,
             reader_options=options, progress=not args.no_progress,
             holdout=_parse_holdout(args.holdout) if args.holdout else None,
+            val_from_train=args.val_from_train,
         )
     except (UserError, ValueError) as exc:
         print(f"ingest failed: {exc} (no manifest written)", file=sys.stderr)

@@ -346,3 +346,67 @@ def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_loca
     runs = sum(a != b for a, b in zip(names, names[1:], strict=False))
     # Class-by-class order would change label about 6 times; a shuffle, hundreds.
     assert runs > len(names) // 3
+
+
+def fer2013_csv(path: Path, usages: list[str]) -> Path:
+    """A FER2013 CSV with one row per usage, labels cycling over the 7 classes."""
+    rng = np.random.default_rng(0)
+    lines = ["emotion,pixels,Usage"] + [
+        f"{i % 7}," + " ".join(map(str, rng.integers(0, 256, 2304))) + f",{usage}"
+        for i, usage in enumerate(usages)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_val_carved_from_train_turns_publictest_into_the_reported_test(tmp_path):
+    source = fer2013_csv(tmp_path / "fer2013.csv", ["Training"] * 140 + ["PublicTest"] * 21)
+    manifest = ingest("fer2013-csv", source, str(tmp_path / "out"), folds=2, workers=1,
+                      progress=False, val_from_train=0.1)
+    counts = {s: sum(c.values()) for s, c in manifest.counts.items()}
+    assert counts == {"train": 126, "val": 14, "test": 21}
+    assert all(n == 2 for n in manifest.counts["val"].values())  # 20 per class, 10 %
+    assert manifest.split_source["test"] == "PublicTest"
+    assert "14 of 140 train images (0.1), stratified by class" in manifest.split_source["val"]
+    assert sum(manifest.folds["rows_per_fold"]) == 126  # folds only over what trains
+    table = read_all(resolve(tmp_path / "out"), manifest)
+    lines = {int(f.rpartition(":")[2]) for f, s in zip(
+        table["source_file"].to_pylist(), table["split"].to_pylist(), strict=True)
+        if s == "test"}
+    assert lines == set(range(142, 163))  # the PublicTest rows and only them
+
+
+def test_carving_beside_an_official_test_keeps_both_held_out_splits(tmp_path):
+    source = fer2013_csv(tmp_path / "fer2013.csv",
+                         ["Training"] * 70 + ["PublicTest"] * 7 + ["PrivateTest"] * 7)
+    manifest = ingest("fer2013-csv", source, str(tmp_path / "out"), folds=1, workers=1,
+                      progress=False, val_from_train=0.2)
+    assert {s: sum(c.values()) for s, c in manifest.counts.items()} == {
+        "train": 56, "val": 14, "publictest": 7, "test": 7}
+    assert manifest.split_source["publictest"] == "PublicTest"
+    assert manifest.split_source["test"] == "PrivateTest"
+
+
+def test_carved_val_of_a_subject_dataset_shares_no_subject_with_train(ckplus_local, tmp_path):
+    root, _, _ = ckplus_local
+    out = resolve(tmp_path / "carved")
+    manifest = ingest("ckplus48", root, out.uri, folds=5, workers=1, progress=False,
+                      val_from_train=0.15, seed=3)
+    table = read_all(out, manifest)
+    by_split: dict[str, set[str]] = {}
+    for subject, split in zip(table["subject_id"].to_pylist(), table["split"].to_pylist(),
+                              strict=True):
+        by_split.setdefault(split, set()).add(subject)
+    assert set(by_split) == {"train", "val"}
+    assert not by_split["train"] & by_split["val"]
+    assert 0.1 <= sum(manifest.counts["val"].values()) / manifest.num_rows <= 0.2
+    assert "subject-disjoint, seed 3" in manifest.split_source["val"]
+
+
+@pytest.mark.parametrize("fraction, holdout, says", [
+    (1.5, None, "must be a fraction in"),
+    (0.1, {"train": 1, "val": 1}, "already gives a val split"),
+])
+def test_bad_validation_carving_is_refused_before_any_work(tmp_path, fraction, holdout, says):
+    with pytest.raises(ValueError, match=says):
+        ingest("fer2013-csv", tmp_path / "missing.csv", str(tmp_path / "out"),
+               progress=False, val_from_train=fraction, holdout=holdout)

@@ -60,3 +60,37 @@ def stratified_holdout(labels: Sequence[int], sizes: dict[str, int], seed: int) 
     for position, row in enumerate(ranked):
         split[row] = str(names[position])
     return split
+
+
+def carve_validation(labels: Sequence[int], subjects: Sequence[str], fraction: float,
+                     seed: int) -> list[bool]:
+    """Which rows of a training split become a validation split carved out of it.
+
+    About ``fraction`` of the rows, with each class's share as close to the whole split's
+    as the groups allow. Rows of one subject stay together (all in validation or none), so
+    a model is never validated on a person it trained on; rows without a subject id are
+    groups of one. Groups are visited in a seeded order and each is taken while it brings
+    the validation class counts closer to their targets (``fraction`` x each class's rows),
+    so the result depends only on (labels, subjects, fraction, seed).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    labels = [int(x) for x in labels]
+    classes = sorted(set(labels))
+    column = {c: i for i, c in enumerate(classes)}
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(subjects):
+        groups.setdefault(s if s else f"\0row{i}", []).append(i)
+    order = sorted(groups)
+    np.random.default_rng(seed).shuffle(order)
+    target = fraction * np.bincount([column[x] for x in labels], minlength=len(classes))
+    taken = np.zeros(len(classes))
+    chosen = [False] * len(labels)
+    for g in order:
+        counts = np.bincount([column[labels[i]] for i in groups[g]], minlength=len(classes))
+        # Take the group if it moves the class counts closer to the targets (L1 distance).
+        if np.abs(taken + counts - target).sum() < np.abs(taken - target).sum():
+            taken += counts
+            for i in groups[g]:
+                chosen[i] = True
+    return chosen

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from ray_fer.data.splits import assign_folds, stratified_holdout
+from ray_fer.data.splits import assign_folds, carve_validation, stratified_holdout
 
 
 def subjects_of(n_subjects: int, n_rows: int, seed: int = 0) -> list[str]:
@@ -74,3 +74,30 @@ def test_holdout_is_deterministic_per_seed():
 def test_holdout_sizes_must_cover_every_row():
     with pytest.raises(ValueError, match="add up to the 10 rows"):
         stratified_holdout([0] * 10, {"train": 8, "test": 1}, seed=0)
+
+
+def test_carved_validation_keeps_each_class_share_without_subjects():
+    labels = np.repeat(np.arange(7), [3995, 436, 4097, 7215, 4965, 4830, 3171])  # FER2013
+    chosen = carve_validation(labels.tolist(), [""] * len(labels), 0.1, seed=0)
+    val = Counter(labels[np.asarray(chosen)].tolist())
+    for c, n in Counter(labels.tolist()).items():
+        assert abs(val[c] - 0.1 * n) <= 1
+    assert carve_validation(labels.tolist(), [""] * len(labels), 0.1, seed=0) == chosen
+    assert carve_validation(labels.tolist(), [""] * len(labels), 0.1, seed=1) != chosen
+
+
+def test_carved_validation_never_splits_a_subject():
+    subjects = subjects_of(118, 981)
+    labels = np.random.default_rng(1).integers(0, 7, len(subjects)).tolist()
+    chosen = carve_validation(labels, subjects, 0.2, seed=0)
+    side: dict[str, set[bool]] = {}
+    for s, c in zip(subjects, chosen, strict=True):
+        side.setdefault(s, set()).add(c)
+    assert all(len(v) == 1 for v in side.values())
+    assert 0.15 <= sum(chosen) / len(chosen) <= 0.25
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
+def test_carved_validation_fraction_must_be_inside_zero_one(fraction):
+    with pytest.raises(ValueError, match="validation fraction"):
+        carve_validation([0, 1], ["", ""], fraction, seed=0)
