@@ -75,7 +75,7 @@ def process_age_s() -> float | None:
     return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start, in ticks
 
 
-def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str,
+def timed_trial(params: dict, *, search, storage: str, marks_dir: str,
                 stacks_s: float = 0.0) -> None:
     """``run_trial`` with its phases timed; writes ``marks-<pid>-<n>.json`` to ``marks_dir``
     (with ``stacks_s``, also the threads' stack samples, see :func:`sample_stacks`)."""
@@ -132,7 +132,7 @@ def timed_trial(params: dict, *, base: dict, storage: str, marks_dir: str,
         threading.Thread(target=sample_stacks, args=(stacks_s, started, marks["stacks"], stop),
                          daemon=True).start()
     try:
-        run_trial(params, base=base, storage=storage)
+        run_trial(params, search=search, storage=storage)
     finally:
         stop.set()
         for module, name, original in restore:

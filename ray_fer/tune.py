@@ -30,9 +30,10 @@ from pathlib import Path
 import yaml
 
 from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
-from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override, validate
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
+from ray_fer.models.registry import model_options
 from ray_fer.storage import Location, resolve
 from ray_fer.tuning.results import (
     export_checkpoint,
@@ -41,7 +42,8 @@ from ray_fer.tuning.results import (
     trial_rows,
     write_text,
 )
-from ray_fer.tuning.space import SearchSpace, load_search_space
+from ray_fer.tuning.search import Search, bases_from_yaml, make_search
+from ray_fer.tuning.space import SearchSpace, load_search_space, parse_search_space
 from ray_fer.tuning.trial import in_trial, trial_runtime_env
 
 #: Search settings and their defaults (the YAML's ``search_settings`` and the flags win).
@@ -53,14 +55,17 @@ SETTING_BOUNDS = {"num_samples": ("--num-samples", 1), "max_concurrent": ("--max
                   "reduction_factor": ("--reduction-factor", 2),
                   "time_budget_s": ("--time-budget", 1)}
 #: The base config of an experiment, saved at its start so --resume continues it unchanged.
-BASE_FILE = "base_config.yaml"
+BASE_FILE = "base_configs.yaml"
+#: The search space as the experiment started it (``--resume`` reads it, not today's file).
+SPACE_FILE = "search_space.yaml"
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ray_fer.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("method", help="method to search (e.g. caf, deep_emotion, resnet50_icbam)")
-    p.add_argument("--space", help="search-space YAML (default search_spaces/<method>.yaml)")
+    p.add_argument("method", help="method or search space to search (search_spaces/<name>.yaml, "
+                                  "e.g. caf, deep_emotion, fer2013_cnns)")
+    p.add_argument("--space", help="search-space YAML (default search_spaces/<name>.yaml)")
     p.add_argument("--data", help="shard prefix (local or s3://); default: synthetic faces")
     p.add_argument("--num-samples", type=int, help="number of trials")
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
@@ -68,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
                    help="stop starting trials after this many seconds")
     p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may stop")
     p.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
-    p.add_argument("--epochs", type=int, help="epochs per trial (ASHA's max_t)")
+    p.add_argument("--epochs", type=int,
+                   help="epochs per trial (ASHA's max_t, unless train.epochs is searched)")
     p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (DDP)")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per Train worker; a fraction packs several trials on one GPU")
@@ -80,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                         "a lost node or a killed worker costs one)")
     p.add_argument("--storage", default="results",
                    help="folder or s3:// prefix for experiments (default results/)")
-    p.add_argument("--name", help="experiment name (default <method>-search)")
+    p.add_argument("--name", help="experiment name (default <name>-search)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted experiment --name (keeps finished trials)")
     p.add_argument("--seed", type=int, default=0, help="Optuna TPE seed")
@@ -90,42 +96,68 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def default_space_path(method: str) -> Path:
-    """``search_spaces/<method>.yaml`` in the working directory, else beside the package."""
+def default_space_path(name: str) -> Path:
+    """``search_spaces/<name>.yaml`` in the working directory, else beside the package."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        path = root / "search_spaces" / f"{method}.yaml"
+        path = root / "search_spaces" / f"{name}.yaml"
         if path.is_file():
             return path
-    raise ConfigError(f"no search space for {method!r}: expected search_spaces/{method}.yaml "
+    raise ConfigError(f"no search space {name!r}: expected search_spaces/{name}.yaml "
                       "(or pass --space FILE)")
 
 
-def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
-    """The config every trial starts from, and the validated search space."""
+def _packaged_value(cfg: Config, key: str):
+    """``key``'s value in ``cfg``; a model option it does not set has the model's default."""
+    node = cfg.to_dict()
+    *path, last = key.split(".")
+    for part in path:
+        node = node[part]
+    if last not in node and path == ["model", "options"]:
+        return model_options(cfg.model_name)[last]
+    return node[last]
+
+
+def base_configs(args: argparse.Namespace) -> Search:
+    """Each searched method's base config and the validated space, as :class:`Search`.
+
+    Precedence: packaged defaults < the space's fixed settings < --set < flags.
+    """
     from ray_fer.train.steps import method_for
 
-    method = method_for(args.method)
     flags = {"data.uri": args.data, "data.endpoint": args.endpoint, "train.epochs": args.epochs,
              "resources.workers": args.workers_per_trial,
              "resources.cpus_per_worker": args.cpus_per_worker,
              "resources.placement": args.placement}
     if args.gpus_per_trial:
         flags |= {"resources.gpu": True, "resources.gpus_per_worker": args.gpus_per_trial}
-    cfg = build_config(args.method, method.family)
+    packaged: dict[str, Config] = {}
 
-    def check_key(key: str, value) -> None:
-        method.check_config(override(cfg, key, value))
+    def packaged_config(method: str) -> Config:
+        if method not in packaged:
+            packaged[method] = build_config(method, method_for(method).family)
+        return packaged[method]
 
-    space = load_search_space(args.space or default_space_path(args.method), check_key)
-    if space.method != args.method:
-        raise ConfigError(f"{space.source}: is for method {space.method!r}, not {args.method!r}")
-    # Precedence: packaged defaults < the space's fixed settings < --set < flags.
-    for key, value in space.fixed.items():
-        cfg = override(cfg, key, value)
-    cfg = build_config(args.method, method.family, files=[cfg.to_dict()], sets=args.set,
-                       flags=flags)
-    method.check_config(cfg)
-    return cfg, space
+    def check(method: str, key: str, value) -> None:
+        cfg = override(packaged_config(method), key, value)
+        validate(cfg)
+        method_for(method).check_config(cfg)
+
+    path = Path(args.space) if args.space else default_space_path(args.method)
+    space = load_search_space(path, check, lambda m, key: _packaged_value(packaged_config(m),
+                                                                          key))
+    if args.method not in (*space.methods, path.stem):
+        raise ConfigError(f"{space.source}: searches {', '.join(space.methods)}, not "
+                          f"{args.method!r}")
+    bases = {}
+    for method in space.methods:
+        cfg = packaged_config(method)
+        for key, value in space.fixed.items():
+            cfg = override(cfg, key, value)
+        cfg = build_config(method, method_for(method).family, files=[cfg.to_dict()],
+                           sets=args.set, flags=flags)
+        method_for(method).check_config(cfg)
+        bases[method] = cfg
+    return make_search(bases, space)
 
 
 def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
@@ -142,34 +174,47 @@ def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
     return out
 
 
-def stored_base(exp: Location) -> Config:
-    """The base config an interrupted experiment was started with."""
-    try:
-        with exp.fs.open_input_stream(exp.join(BASE_FILE)) as f:
-            return Config.from_dict(yaml.safe_load(f.read().decode()))
-    except FileNotFoundError:
-        raise ConfigError(f"--resume: {exp.child_uri(BASE_FILE)} not found; is "
-                          f"{exp.uri} a ray_fer search?") from None
+def stored_search(exp: Location) -> Search:
+    """The base configs and space an interrupted experiment was started with."""
+    texts = {}
+    for name in (BASE_FILE, SPACE_FILE):
+        try:
+            with exp.fs.open_input_stream(exp.join(name)) as f:
+                texts[name] = f.read().decode()
+        except FileNotFoundError:
+            raise ConfigError(f"--resume: {exp.child_uri(name)} not found; is {exp.uri} a "
+                              "ray_fer search?") from None
+    bases = bases_from_yaml(texts[BASE_FILE], exp.child_uri(BASE_FILE))
+    space = parse_search_space(yaml.safe_load(texts[SPACE_FILE]), exp.child_uri(SPACE_FILE),
+                               lambda method, key, value: None,
+                               lambda m, key: _packaged_value(bases[m], key))
+    return make_search(bases, space)
 
 
-def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, name: str,
-                seed: int, resume: bool, max_failures: int = 1,
+def build_tuner(search: Search, opts: dict, *, storage: str, name: str, seed: int,
+                resume: bool, max_failures: int = 1,
                 trial_fn: Callable[..., None] | None = None):
     """A new or restored ``Tuner`` for the search (``trial_fn`` replaces
-    :func:`ray_fer.tuning.trial.run_trial`, with its signature)."""
+    :func:`ray_fer.tuning.trial.run_trial`, with its signature).
+
+    Optuna's TPE models the parameters jointly (multivariate, grouped by the conditional
+    keys each trial has), and with several trials in flight it lets the running ones count
+    as bad guesses (constant liar) so that parallel trials do not crowd one region.
+    """
+    import warnings
+
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    from ray_fer.train.steps import method_for
     from ray_fer.tuning.trial import run_trial, trial_resources
 
-    method = method_for(cfg.method)
+    cfg = search.first
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn or run_trial, base=cfg.to_dict(),
+        tune.with_parameters(trial_fn or run_trial, search=search,
                              storage=exp.child_uri("train")),
         trial_resources(cfg))
     store = resolve(storage, cfg.data.endpoint)
@@ -178,16 +223,19 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
             raise ConfigError(f"--resume: no experiment to restore at {exp.uri}")
         return tune.Tuner.restore(exp.path, trainable, resume_unfinished=True,
                                   resume_errored=True, storage_filesystem=exp.fs)
-    searcher = OptunaSearch(sampler=optuna.samplers.TPESampler(seed=seed),
-                            metric=method.metric, mode=method.mode,
-                            points_to_evaluate=list(space.start_points) or None)
+    with warnings.catch_warnings():  # multivariate/group are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True,
+                                             constant_liar=True)
+    searcher = OptunaSearch(space=search.space, sampler=sampler, metric=search.metric,
+                            mode=search.mode,
+                            points_to_evaluate=list(search.space.start_points) or None)
     return tune.Tuner(
         trainable,
-        param_space=space.param_space(),
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["max_concurrent"]),
-            scheduler=ASHAScheduler(metric=method.metric, mode=method.mode,
-                                    max_t=cfg.train.epochs, grace_period=opts["grace_period"],
+            scheduler=ASHAScheduler(metric=search.metric, mode=search.mode,
+                                    max_t=search.max_epochs, grace_period=opts["grace_period"],
                                     reduction_factor=opts["reduction_factor"]),
             num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"],
             # A trial that trains in its own process leaves it warm for the next one.
@@ -197,43 +245,46 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
             # The checkpoints of trials that train in their own process (Ray Train keeps
             # those of the others in their run folders).
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=method.metric,
-                checkpoint_score_order=method.mode),
+                num_to_keep=cfg.run.keep_checkpoints, checkpoint_score_attribute=search.metric,
+                checkpoint_score_order=search.mode),
             # A trial that fails is retried from its checkpoint up to max_failures times,
             # then fails on its own; the rest of the search goes on.
             failure_config=tune.FailureConfig(max_failures=max_failures)),
     )
 
 
-def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str) -> str:
+def summarize(grid, search: Search, *, storage: str, name: str) -> str:
     """Write the results table, best config and best checkpoint; return the printed summary."""
     from ray_fer.train.steps import method_for, run_targets
-    from ray_fer.tuning.trial import trial_config
 
-    method = method_for(cfg.method)
+    cfg = search.first
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
-    keys = [p.key for p in space.params]
-    rows = trial_rows(grid, metric=method.metric, mode=method.mode, epochs=cfg.train.epochs,
-                      param_keys=keys)
-    write_text(exp, "results.csv", results_csv(rows, method.metric, keys))
-    targets = run_targets(method, read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
+    keys = search.space.keys
+    rows = trial_rows(grid, metric=search.metric, mode=search.mode,
+                      epochs=lambda values: search.trial_config(
+                          values, storage="", name="").train.epochs,
+                      params_of=search.space.assignment, storage=exp)
+    write_text(exp, "results.csv", results_csv(rows, search.metric, keys))
+    targets = run_targets(method_for(cfg.method),
+                          read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
-    table = results_markdown(rows, method.metric, keys)
+    table = results_markdown(rows, search.metric, keys)
     write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)
-    lines = [f"search {name}: {len(rows)} trials, metric {method.metric} ({method.mode}){on}",
+    lines = [f"search {name}: {len(rows)} trials, metric {search.metric} ({search.mode}){on}",
              table]
     best = rows[0] if rows and rows[0].checkpoint else None
     if best is None:
         lines.append("no trial reported a checkpoint")
         return "\n".join(lines)
-    best_cfg = trial_config(cfg.to_dict(), best.params, storage=exp.child_uri("train"),
-                            name=best.trial_id)
+    best_cfg = search.trial_config(best.config, storage=exp.child_uri("train"),
+                                   name=best.trial_id)
     write_text(exp, "best_config.yaml", best_cfg.to_yaml())
     ckpt = export_checkpoint(exp, best.checkpoint)
-    lines += [f"best trial {best.trial_id}: {method.metric}={best.metric:.4f} "
+    lines += [f"best trial {best.trial_id}: {search.metric}={best.metric:.4f} "
               f"(epoch {best.best_epoch})",
               f"best config: {exp.child_uri('best_config.yaml')}",
               f"best checkpoint: {ckpt}",
+              f"ensemble of the best trials: python -m ray_fer.ensemble {exp.uri} --top 5",
               f"compare trials: tensorboard --logdir {exp.uri}"]
     return "\n".join(lines)
 
@@ -263,20 +314,24 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
     try:
         if args.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
-        cfg, space = base_config(args)
-        opts = settings(args, space)
+        search = base_configs(args)
+        opts = settings(args, search.space)
         from ray_fer.train.loop import resolve_data_uri
 
         # Materialise the embedded data once, in the driver, not in every trial (on a
         # cluster with S3 storage: under the experiments' storage, for every node).
-        cfg = override(cfg, "data.uri",
-                       resolve_data_uri(override(cfg, "run.storage", args.storage)))
+        cfg = search.first
+        data = resolve_data_uri(override(cfg, "run.storage", args.storage))
         exp = resolve(args.storage.rstrip("/") + "/" + name, cfg.data.endpoint)
         if args.resume:
             # Trials must continue with the settings they started with, not today's flags.
-            cfg = stored_base(exp)
+            search = stored_search(exp)
         else:
-            write_text(exp, BASE_FILE, cfg.to_yaml())
+            search = make_search({m: override(c, "data.uri", data)
+                                  for m, c in search.bases.items()}, search.space)
+            write_text(exp, BASE_FILE, search.bases_yaml())
+            write_text(exp, SPACE_FILE, Path(search.space.source).read_text())
+        cfg = search.first
         # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
         connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
                 extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
@@ -284,13 +339,13 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
             # The first trials' Ray Data reads start at once in workers ready for them.
             warm_workers(2 * opts["max_concurrent"], trial_runtime_env())
         warn_uncached_bytecode()
-        tuner = build_tuner(cfg, space, opts, storage=args.storage, name=name, seed=args.seed,
+        tuner = build_tuner(search, opts, storage=args.storage, name=name, seed=args.seed,
                             resume=args.resume, max_failures=args.max_failures,
                             trial_fn=trial_fn)
     except UserError as exc:
         return print_error(exc)
     grid = tuner.fit()
-    print(summarize(grid, cfg, space, storage=args.storage, name=name))
+    print(summarize(grid, search, storage=args.storage, name=name))
     return 0 if any(r.error is None for r in grid) else 1
 
 

@@ -1,7 +1,8 @@
 """What a finished search leaves beside Tune's own files.
 
 ``results.csv`` / ``results.md`` (one row per trial: params, best metric, epochs run,
-status), ``best_config.yaml`` (the full run config of the best trial) and
+status; the CSV also the trial's best checkpoint, which ``python -m ray_fer.ensemble``
+reads), ``best_config.yaml`` (the full run config of the best trial) and
 ``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable path that
 ``python -m ray_fer.evaluate`` accepts).
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,10 @@ CHECKPOINT_PATH_KEY = "checkpoint_path"
 @dataclass(frozen=True)
 class TrialRow:
     trial_id: str
+    #: Config key → value of the searched keys this trial had.
     params: dict[str, Any]
+    #: The trial's Tune config (Optuna's names → values).
+    config: dict[str, Any]
     metric: float
     best_epoch: int
     epochs: int
@@ -51,9 +56,20 @@ def _checkpoint_of(result, record: dict) -> str | None:
                  if metrics.get("epoch") == record.get("epoch")), None)
 
 
-def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[str]
+def checkpoint_uri(loc: Location, path: str) -> str:
+    """A checkpoint path in ``loc``'s filesystem as a URI (``s3://`` on S3)."""
+    return "s3://" + path if loc.is_s3 else path
+
+
+def trial_rows(grid, *, metric: str, mode: str, epochs: Callable[[dict], int],
+               params_of: Callable[[dict], dict[str, Any]], storage: Location
                ) -> list[TrialRow]:
-    """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first."""
+    """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first.
+
+    ``epochs(config)`` is the schedule a trial of Tune config ``config`` was to run,
+    ``params_of(config)`` its searched config keys → values; checkpoints are URIs in
+    ``storage``'s filesystem.
+    """
     rows = []
     for result in grid:
         history = result.metrics_dataframe
@@ -66,21 +82,26 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[st
         ran = int(last["epoch"]) + 1 if "epoch" in last else len(records)
         if result.error is not None:
             status = "error"
-        elif ran < epochs:
+        elif ran < epochs(result.config):
             status = "stopped early"
         else:
             status = "completed"
         rows.append(TrialRow(
             trial_id=str(last.get("trial_id") or result.path.rsplit("/", 1)[-1]),
-            params={k: result.config.get(k) for k in param_keys},
+            params=params_of(result.config), config=dict(result.config),
             metric=math.nan if best is None else float(values[best]),
             best_epoch=-1 if best is None else int(records[best].get("epoch", best)) + 1,
             epochs=ran, status=status,
-            checkpoint=None if best is None else _checkpoint_of(result, records[best]),
+            checkpoint=None if best is None else _uri(storage, _checkpoint_of(
+                result, records[best])),
         ))
     sign = -1.0 if mode == "max" else 1.0
     return sorted(rows, key=lambda r: (math.isnan(r.metric), sign * r.metric
                                        if not math.isnan(r.metric) else 0.0))
+
+
+def _uri(storage: Location, path: str | None) -> str | None:
+    return None if path is None else checkpoint_uri(storage, path)
 
 
 def _header(metric: str, param_keys: list[str]) -> list[str]:
@@ -89,18 +110,20 @@ def _header(metric: str, param_keys: list[str]) -> list[str]:
 
 def _cells(row: TrialRow, param_keys: list[str]) -> list[str]:
     def fmt(v: Any) -> str:
+        if v is None:  # a conditional key this trial did not search
+            return ""
         return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-    return [row.trial_id, *(fmt(row.params[k]) for k in param_keys), fmt(row.metric),
+    return [row.trial_id, *(fmt(row.params.get(k)) for k in param_keys), fmt(row.metric),
             str(row.best_epoch), str(row.epochs), row.status]
 
 
 def results_csv(rows: list[TrialRow], metric: str, param_keys: list[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_header(metric, param_keys))
+    writer.writerow([*_header(metric, param_keys), "checkpoint"])
     for row in rows:
-        writer.writerow(_cells(row, param_keys))
+        writer.writerow([*_cells(row, param_keys), row.checkpoint or ""])
     return out.getvalue()
 
 
@@ -119,10 +142,10 @@ def write_text(loc: Location, name: str, text: str) -> None:
         out.write(text.encode())
 
 
-def export_checkpoint(loc: Location, checkpoint_path: str, name: str = "best_checkpoint") -> str:
-    """Copy a checkpoint folder (a path in ``loc``'s filesystem) to ``<loc>/<name>``."""
+def export_checkpoint(loc: Location, checkpoint: str, name: str = "best_checkpoint") -> str:
+    """Copy a checkpoint folder (a URI in ``loc``'s filesystem) to ``<loc>/<name>``."""
     dest = loc.join(name)
     if loc.fs.get_file_info(dest).type != pafs.FileType.NotFound:
         loc.fs.delete_dir(dest)
-    copy_folder(loc.fs, checkpoint_path, loc.fs, dest)
+    copy_folder(loc.fs, checkpoint.removeprefix("s3://"), loc.fs, dest)
     return loc.child_uri(name)

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ray_fer.config import Config, override
+from ray_fer.tuning.search import Search
 
 #: CPU reserved by a DDP trial's driver; its Train workers reserve their own resources.
 TRIAL_DRIVER_CPU = 0.25
@@ -38,19 +39,6 @@ def trial_runtime_env() -> dict:
     return {"env_vars": DEFAULT_ENV_VARS | {name: os.environ[name]
                                             for name in ENV_VARS_TO_PROPAGATE
                                             if name in os.environ}}
-
-
-def trial_config(base: dict, params: dict[str, Any], *, storage: str, name: str) -> Config:
-    """The run config of one trial: ``base`` with ``params`` (dotted keys) applied.
-
-    Train runs live in ``<storage>/<name>``; the name is the Tune trial id, so a restored
-    experiment finds each unfinished trial's run and continues it from its checkpoint.
-    """
-    cfg = Config.from_dict(base)
-    for key, value in params.items():
-        cfg = override(cfg, key, value)
-    cfg = override(cfg, "run.storage", storage)
-    return override(cfg, "run.name", name)
 
 
 def in_trial(cfg: Config) -> bool:
@@ -81,9 +69,50 @@ def trial_device(cfg: Config):
     return device
 
 
+class KeptRows:
+    """The device caches of the last trial this process ran, for the next one.
+
+    Tune reuses a trial's process for the next trial (``reuse_actors``); a trial of the
+    same rows then trains from the caches on its device at once, instead of streaming,
+    decoding and copying every row again in its first epoch. Only the rows of one
+    selection are kept (a new one frees the old), so they never outgrow the cache budget
+    that admitted them.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple = ()
+        self.sources: dict = {}
+
+    def get(self, key: tuple) -> dict:
+        """The cached ``train`` and ``val`` rows of ``key``, or {} when not both are kept."""
+        return dict(self.sources) if key == self.key and len(self.sources) == 2 else {}
+
+    def keep(self, key: tuple, sources: dict) -> None:
+        from ray_fer.data.device_cache import DeviceCache
+
+        self.key = key
+        self.sources = {k: v for k, v in sources.items() if isinstance(v, DeviceCache)}
+
+
+#: This process's kept rows (a trial process runs one trial at a time).
+KEPT_ROWS = KeptRows()
+
+
+def rows_key(cfg: Config, plan, method, device) -> tuple:
+    """What selects and orders a trial's cached rows; () when its rows cannot be kept
+    (resampled per run, or augmented by Ray Data and so read anew every epoch)."""
+    if method.resample_train is not None or (cfg.augment.enabled
+                                             and cfg.augment.where == "data"):
+        return ()
+    data = cfg.data
+    return (plan.data_uri, data.endpoint, tuple(data.train_splits), data.val_split, data.fold,
+            data.cache, data.cache_fraction, str(device))
+
+
 def trial_session(cfg: Config, plan, method):
     """The :class:`~ray_fer.train.loop.Session` of a trial that trains in its own process:
-    its device, the run's datasets, Tune's checkpoint to resume from, reports to Tune."""
+    its device, the run's datasets (or the rows an earlier trial left on the device),
+    Tune's checkpoint to resume from, reports to Tune."""
     from ray import tune
 
     from ray_fer.data.stream import read_in_order
@@ -95,20 +124,27 @@ def trial_session(cfg: Config, plan, method):
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             ordered = json.loads((Path(folder) / META_FILE).read_text())["epoch"] + 1
-    datasets = {name: read_in_order(ds) for name, ds in open_datasets(cfg, plan, method).items()}
-    # The stream draws each epoch's block order from (seed, Ray Data's execution index).
-    datasets["train"].context._execution_idx = ordered
+    device = trial_device(cfg)
+    key = rows_key(cfg, plan, method, device)
+    sources = KEPT_ROWS.get(key) if key else {}
+    if not sources:
+        sources = {name: read_in_order(ds)
+                   for name, ds in open_datasets(cfg, plan, method).items()}
+        # The stream draws each epoch's block order from (seed, Ray Data's execution index).
+        sources["train"].context._execution_idx = ordered
 
     def report(metrics: dict, folder: str | None, name: str) -> None:
         tune.report(metrics, checkpoint=None if folder is None
                     else tune.Checkpoint.from_directory(folder))
 
-    return Session(rank=0, world=1, device=trial_device(cfg), checkpoint=checkpoint,
-                   sources=datasets, ordered_epoch=ordered, report=report)
+    return Session(rank=0, world=1, device=device, checkpoint=checkpoint, sources=sources,
+                   ordered_epoch=ordered, report=report,
+                   keep_sources=(lambda rows: KEPT_ROWS.keep(key, rows)) if key else None)
 
 
-def run_trial(params: dict[str, Any], *, base: dict, storage: str) -> None:
-    """Tune function trainable: train with ``params`` and report every epoch to Tune."""
+def run_trial(params: dict[str, Any], *, search: Search, storage: str) -> None:
+    """Tune function trainable: train with ``params`` (Optuna's names → values) and report
+    every epoch to Tune."""
     from ray import tune
 
     from ray_fer.train.loop import (
@@ -119,7 +155,7 @@ def run_trial(params: dict[str, Any], *, base: dict, storage: str) -> None:
         write_run_config,
     )
 
-    cfg = trial_config(base, params, storage=storage, name=tune.get_context().get_trial_id())
+    cfg = search.trial_config(params, storage=storage, name=tune.get_context().get_trial_id())
     run = run_location(cfg)
     if run.fs.get_file_info(run.join("config.yaml")).type == pafs.FileType.File:
         # The experiment was interrupted and restored, or the trial failed: continue its run.

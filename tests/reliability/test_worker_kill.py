@@ -23,6 +23,7 @@ from ray_fer.train import loop
 from ray_fer.train.checkpoint import load_checkpoint
 from ray_fer.train.steps import CLASSIFY
 from ray_fer.tune import build_tuner
+from ray_fer.tuning.search import make_search
 from ray_fer.tuning.space import load_search_space
 from ray_fer.tuning.trial import run_trial
 
@@ -141,18 +142,18 @@ def test_killed_worker_run_ends_with_the_uninterrupted_runs_metrics_and_weights(
 TRIAL_SPACE = {"method": "deep_emotion", "search": {"optim.lr": {"choice": [3e-3]}}}
 
 
-def _dying_trial(params: dict, *, base: dict, storage: str) -> None:
+def _dying_trial(params: dict, *, search, storage: str) -> None:
     """``run_trial`` with the training step of :func:`_dying_train`: the trial's own
     process (it trains there, no Ray Train worker) SIGKILLs itself in epoch 2."""
     loop.method_for = lambda name: dataclasses.replace(CLASSIFY, train_batch=_dying_train)
-    run_trial(params, base=base, storage=storage)
+    run_trial(params, search=search, storage=storage)
 
 
 def _search(cfg, space, storage: Path, trial_fn=None) -> list[dict]:
     """A one-trial search of ``cfg`` (retried once after a failure): the trial's reports."""
-    tuner = build_tuner(cfg, space, {"num_samples": 1, "max_concurrent": 1,
-                                     "grace_period": EPOCHS, "reduction_factor": 2,
-                                     "time_budget_s": None},
+    opts = {"num_samples": 1, "max_concurrent": 1, "grace_period": EPOCHS,
+            "reduction_factor": 2, "time_budget_s": None}
+    tuner = build_tuner(make_search({cfg.method: cfg}, space), opts,
                         storage=str(storage), name="search", seed=0, resume=False,
                         max_failures=1, trial_fn=trial_fn)
     grid = tuner.fit()
@@ -169,7 +170,7 @@ def trials(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trial-kill")
     (tmp / "space.yaml").write_text(yaml.safe_dump(TRIAL_SPACE))
-    space = load_search_space(tmp / "space.yaml", lambda key, value: None)
+    space = load_search_space(tmp / "space.yaml", lambda m, key, value: None)
     ray.cloudpickle.register_pickle_by_value(__import__(__name__))
     ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
     try:
