@@ -60,6 +60,7 @@ from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
 from ray_fer.data.shards import read_manifest
+from ray_fer.models.layers.inputs import fit_images
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
     CHECKPOINT_FILES,
@@ -76,7 +77,6 @@ from ray_fer.train.steps import (
     Sums,
     TrainState,
     data_shape,
-    fit_images,
     method_for,
     run_targets,
 )
@@ -700,6 +700,9 @@ class Session:
     ordered_epoch: int
     #: ``report(metrics, checkpoint folder or None, checkpoint name)``.
     report: Callable[[dict, str | None, str], None]
+    #: Gets the rows as the run last read them (device caches where it made them) when
+    #: the run ends or is stopped, e.g. to keep them for the next run in this process.
+    keep_sources: Callable[[dict[str, stream.Source]], None] | None = None
 
 
 def ray_train_session(plan: Plan) -> Session:
@@ -792,6 +795,7 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
             if epoch > first_epoch:
                 recorders, batches = epoch_input(epoch)
             started = time.perf_counter()
+            cached = isinstance(sources["train"], DeviceCache)
             train_sums, steps, first_step_at = _train_epoch(
                 method, state, sources["train"], batches, group)
             if device.type == "cuda":
@@ -808,6 +812,8 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
                        "lr": state.lr(), "steps": steps,
                        "rows_train": int(train_sums.get("count", 0)),
                        "rows_val": int(val_sums.get("count", 0)),
+                       # 1: the epoch's training rows came from device memory, not Ray Data.
+                       "rows_cached": int(cached),
                        "time_train_s": train_time, "time_epoch_s": time.perf_counter() - started}
             if epoch == first_epoch and plan.created_at:
                 # Fixed cost of a run (or a Tune trial): actors, process group, data
@@ -830,5 +836,7 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
                 scalars.write(metrics, epoch)
             _report(metrics, state, method, progress, session)
     finally:
+        if session.keep_sources is not None:
+            session.keep_sources(sources)
         if scalars is not None:
             scalars.close()

@@ -107,7 +107,7 @@ def test_trials_can_run_on_ray_train_instead(shards, space_file, tmp_path):
 def test_trials_run_with_values_inside_the_yaml_bounds(search, space_file):
     rows = _rows(search)
     assert len(rows) == 4
-    space = load_search_space(space_file, lambda k, v: None)
+    space = load_search_space(space_file, lambda m, k, v: None)
     for row in rows:
         for param in space.params:
             assert param.contains(float(row[param.key])), (param.key, row[param.key])
@@ -219,7 +219,7 @@ def test_face_ae_search_ranks_trials_by_pair_error_and_flags_override_fixed_sett
     rows = _rows(tmp_path / "ae")
     assert len(rows) == 2 and all(float(r["val_pair_mse"]) > 0 for r in rows)
     assert (tmp_path / "ae" / "best_checkpoint").is_dir()
-    space = load_search_space(REPO / "search_spaces" / "face_ae.yaml", lambda k, v: None)
+    space = load_search_space(REPO / "search_spaces" / "face_ae.yaml", lambda m, k, v: None)
     assert all(p.contains(float(row[p.key])) for row in rows for p in space.params)
 
 
@@ -302,3 +302,22 @@ def test_a_search_says_how_to_cache_bytecode_only_where_python_has_none(tmp_path
     note = capsys.readouterr().err
     assert str(tmp_path / "pyc") in note
     assert f"compileall -q -j 0 {Path(torch.__file__).parents[1]}" in note
+
+
+def test_a_reused_trial_process_trains_the_next_trial_from_the_rows_on_its_device(
+        shards, space_file, tmp_path):
+    """The first trial streams its rows and caches them; the next trials in the same
+    process start from those caches (no Ray Data read), from their first epoch on."""
+    try:
+        assert main(_args(shards, space_file, tmp_path, "kept", "--num-samples", "3",
+                          "--max-concurrent", "1", "--epochs", "2",
+                          "--set", "data.cache=on")) == 0
+    finally:
+        ray.shutdown()
+    reports = [[json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+               for trial in _trial_dirs(tmp_path / "kept")]
+    first = min(reports, key=lambda r: r[0]["timestamp"])
+    assert [r["rows_cached"] for r in first] == [0, 1]
+    later = [r for r in reports if r is not first]
+    assert all(r[0]["rows_cached"] == 1 for r in later)
+    assert len({r[0]["pid"] for r in reports}) == 1
