@@ -53,11 +53,12 @@ VA_OUTPUTS = ("valence", "arousal")
 def quiet_torchscript() -> Iterator[None]:
     """torch 2.14 marks TorchScript (``torch.jit``) and the TorchScript-based ONNX exporter
     deprecated; both still work and are what these formats need, so the notices go. So do
-    the tracer's notes on ``affine_grid``'s argument checks (shape tests that hold for every
-    input); each export is checked against PyTorch on another batch size instead."""
+    the tracer's notes on ``affine_grid``'s argument checks and on an ensemble's input
+    conversion (shape tests that hold for every input of the exported size); each export is
+    checked against PyTorch on another batch size instead."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
-                                module="torch.nn.functional")
+        for module in ("torch.nn.functional", "ray_fer.models.layers.inputs"):
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning, module=module)
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated",
                                 category=FutureWarning)
         warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",

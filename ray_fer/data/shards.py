@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_fer.errors import UserError
-from ray_fer.storage import Location, StorageError
+from ray_fer.storage import Location, StorageError, resolve
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -360,3 +361,36 @@ def read_columns(loc: Location, manifest: Manifest, columns: Sequence[str]) -> p
         pq.read_table(loc.join(s.file), columns=list(columns), filesystem=loc.fs)
         for s in manifest.shards
     ])
+
+
+def read_split_faces(uri: str, split: str, *, per_class: int, endpoint: str | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Up to ``per_class`` faces of each class of ``split`` in shard order:
+    (uint8 (n, H, W, C), labels (n,), class names). Reads shard by shard, no Ray."""
+    loc = resolve(uri, endpoint)
+    manifest = read_manifest(loc)
+    if split not in manifest.counts:
+        raise ValueError(f"{loc.uri} has no split {split!r} (it has "
+                         f"{', '.join(sorted(manifest.counts))})")
+    k = manifest.num_classes
+    taken = np.zeros(k, int)
+    faces, labels = [], []
+    for shard in manifest.shards:
+        if (taken >= per_class).all():
+            break
+        table = pq.read_table(loc.join(shard.file), columns=["image", "label", "split"],
+                              filesystem=loc.fs)
+        table = table.filter(pc.equal(table["split"], split))
+        shard_labels = table["label"].to_numpy().astype(np.int64)
+        keep = []
+        for row, label in enumerate(shard_labels):
+            if 0 <= label < k and taken[label] < per_class:
+                taken[label] += 1
+                keep.append(row)
+        if keep:
+            images = decode_images(table["image"], manifest.image_shape)
+            faces.append(images[keep])
+            labels.append(shard_labels[keep])
+    if not faces:
+        raise ValueError(f"{loc.uri}: split {split!r} has no labelled rows")
+    return np.concatenate(faces), np.concatenate(labels), list(manifest.class_names)

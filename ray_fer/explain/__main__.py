@@ -30,6 +30,7 @@ import torch
 from ray_fer.config import ConfigError
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import SourceItem
+from ray_fer.data.shards import read_split_faces
 from ray_fer.errors import UserError, print_error
 from ray_fer.explain.run import (
     METHODS,
@@ -41,7 +42,6 @@ from ray_fer.explain.run import (
     model_inputs,
     parse_methods,
     parse_targets,
-    read_split_faces,
 )
 from ray_fer.export import Trained, load_trained
 from ray_fer.predict import PredictError, list_images, read_image

@@ -13,19 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from ray_fer.data.shards import decode_images, read_manifest
 from ray_fer.data.stream import normalise
 from ray_fer.explain.gradcam import default_layer, grad_cam
 from ray_fer.explain.guided import guided_backprop, guided_grad_cam
 from ray_fer.explain.occlusion import occlusion_map
+from ray_fer.models.layers.inputs import fit_images
 from ray_fer.models.registry import model_defaults
-from ray_fer.storage import resolve
-from ray_fer.train.steps import fit_images
 
 METHODS = ("occlusion", "gradcam", "guided_backprop", "guided_gradcam")
 #: Target spec meaning "the class the model predicts" (classifiers only).
@@ -182,39 +178,6 @@ def model_inputs(faces: np.ndarray, image_size: int, channels: int) -> torch.Ten
     """uint8 faces (N, H, W, C) → the model's normalised input, as training feeds it."""
     return fit_images(normalise(torch.from_numpy(np.ascontiguousarray(faces))), image_size,
                       channels)
-
-
-def read_split_faces(uri: str, split: str, *, per_class: int, endpoint: str | None = None
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Up to ``per_class`` faces of each class of ``split`` in shard order:
-    (uint8 (n, H, W, C), labels (n,), class names). Reads shard by shard, no Ray."""
-    loc = resolve(uri, endpoint)
-    manifest = read_manifest(loc)
-    if split not in manifest.counts:
-        raise ValueError(f"{loc.uri} has no split {split!r} (it has "
-                         f"{', '.join(sorted(manifest.counts))})")
-    k = manifest.num_classes
-    taken = np.zeros(k, int)
-    faces, labels = [], []
-    for shard in manifest.shards:
-        if (taken >= per_class).all():
-            break
-        table = pq.read_table(loc.join(shard.file), columns=["image", "label", "split"],
-                              filesystem=loc.fs)
-        table = table.filter(pc.equal(table["split"], split))
-        shard_labels = table["label"].to_numpy().astype(np.int64)
-        keep = []
-        for row, label in enumerate(shard_labels):
-            if 0 <= label < k and taken[label] < per_class:
-                taken[label] += 1
-                keep.append(row)
-        if keep:
-            images = decode_images(table["image"], manifest.image_shape)
-            faces.append(images[keep])
-            labels.append(shard_labels[keep])
-    if not faces:
-        raise ValueError(f"{loc.uri}: split {split!r} has no labelled rows")
-    return np.concatenate(faces), np.concatenate(labels), list(manifest.class_names)
 
 
 @dataclass

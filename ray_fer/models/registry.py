@@ -60,6 +60,11 @@ MODELS: MappingProxyType[str, ModelSpec] = MappingProxyType(
             "ray_fer.models.dense_head:efficientnet_b2_dense",
             ModelDefaults(48, 1, family="dense_head"),
         ),
+        # ResNet-18 for small faces (3x3 stem, no max-pool below 96 px), as FER2013's
+        # from-scratch ResNets are trained (Pramerdorfer & Kampel 2016; WuJie1010's code).
+        "resnet18": ModelSpec(
+            "ray_fer.models.resnet_icbam:resnet18", ModelDefaults(48, 1, family="resnet")
+        ),
         "resnet50": ModelSpec(
             "ray_fer.models.resnet_icbam:resnet50", ModelDefaults(224, 3, family="resnet")
         ),
@@ -71,6 +76,10 @@ MODELS: MappingProxyType[str, ModelSpec] = MappingProxyType(
         ),
         "resnet101_icbam": ModelSpec(
             "ray_fer.models.resnet_icbam:resnet101_icbam", ModelDefaults(224, 3, family="resnet")
+        ),
+        # Trained classifiers combined (python -m ray_fer.ensemble builds its checkpoints).
+        "ensemble": ModelSpec(
+            "ray_fer.models.ensemble:ensemble", ModelDefaults(48, 1, family="ensemble")
         ),
         "caf": ModelSpec("ray_fer.models.caf:caf", ModelDefaults(48, 1, "va", "caf")),
         "caf_baseline": ModelSpec(

@@ -1,4 +1,4 @@
-"""ResNet-50/101 classifiers, plain or with one Identity-CBAM module after each stage.
+"""ResNet-18/50/101 classifiers, plain or with one Identity-CBAM module after each stage.
 
 torchvision's ResNets with a new ``num_classes`` head and the stem adapted to 1 or 3
 channels (``layers.stem.adapt_stem_conv``). With ``identity_cbam`` an
@@ -34,6 +34,7 @@ class Architecture(NamedTuple):
 
 
 ARCHITECTURES = {
+    "resnet18": Architecture(tvm.resnet18, tvm.ResNet18_Weights.DEFAULT),
     "resnet50": Architecture(tvm.resnet50, tvm.ResNet50_Weights.DEFAULT),
     "resnet101": Architecture(tvm.resnet101, tvm.ResNet101_Weights.DEFAULT),
 }
@@ -102,6 +103,7 @@ def resnet_icbam_classifier(
     return network
 
 
+resnet18 = partial(resnet_classifier, "resnet18")
 resnet50 = partial(resnet_classifier, "resnet50")
 resnet101 = partial(resnet_classifier, "resnet101")
 resnet50_icbam = partial(resnet_icbam_classifier, "resnet50")

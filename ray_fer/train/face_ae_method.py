@@ -43,6 +43,7 @@ from ray_fer.models.face_ae import (
     ae_loss,
     render_va_grid,
 )
+from ray_fer.models.layers.inputs import fit_images
 from ray_fer.models.registry import build_model
 from ray_fer.storage import Location, resolve
 from ray_fer.train.caf_steps import va_eval_batch, va_summarize
@@ -67,7 +68,6 @@ from ray_fer.train.steps import (
     Sums,
     TrainState,
     check_model_options,
-    fit_images,
     make_optimizer,
     make_scheduler,
     reject_mixing,

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from support.trained import synthetic_faces
 
-from ray_fer.data.shards import FaceRow, ShardWriter
+from ray_fer.data.shards import FaceRow, ShardWriter, read_split_faces
 from ray_fer.explain.__main__ import main
 from ray_fer.explain.run import (
     ExplainOptions,
     class_average,
     explain_to_tensorboard,
     parse_targets,
-    read_split_faces,
 )
 from ray_fer.storage import resolve
 

@@ -10,6 +10,8 @@ CLASSIFIERS = (
     "deep_emotion",
     "deep_emotion_wide",
     "vgg_bn",
+    "resnet18",
+    "ensemble",
     "mobilenet_v2_dense",
     "efficientnet_b0_dense",
     "efficientnet_b2_dense",
@@ -27,6 +29,10 @@ REDUCED = {
     "resnet101": {"image_size": 32, "small_stem": False},
     "resnet50_icbam": {"image_size": 32, "small_stem": False},
     "resnet101_icbam": {"image_size": 32, "small_stem": False},
+    # Two members of other families and input sizes: the ensemble converts its input.
+    "ensemble": {"members": [{"model": "deep_emotion"},
+                             {"model": "vgg_bn", "image_size": 32, "channels": 3}],
+                 "weights": [3, 1]},
 }
 # One model per family: the layout code paths are shared within a family.
 CHANNELS_LAST = ("deep_emotion", "vgg_bn", "mobilenet_v2_dense", "resnet50_icbam")
