@@ -1,0 +1,255 @@
+"""A search on real data under a protocol that cannot select on what it reports, end to end.
+
+1. ingest the dataset with a validation split carved from its training rows
+   (``--val-from-train``); its official held-out split becomes ``test``;
+2. train one trial's recipe alone for a few epochs (images/s of one trial, for the search's
+   aggregate rate to compare with);
+3. search (``python -m ray_fer.tune``) with the GPU's utilisation sampled every second;
+4. retrain the search's winner and each packaged recipe with ``--seeds`` seeds side by side;
+5. build the top-K ensemble of the search's trials (chosen on ``val``);
+6. evaluate every reported model once on ``test`` (plain and ten-crop);
+7. write ``summary.json`` and ``rows.csv`` (rows for ``benchmarks/results``).
+
+Every step is skipped when its output exists, and an interrupted search resumes, so running
+the same command again continues where it stopped. Logs go to ``<work>/logs`` as it runs.
+
+    python benchmarks/search_protocol.py /data/fer2013 --format fer2013-folders \\
+        --work /tmp/fer --space fer2013_cnns --packaged vgg_bn resnet18 --samples 64 \\
+        --concurrent 8 --seeds 3 --top 5 --commit $(git rev-parse --short HEAD)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROW_FIELDS = ("table", "dataset", "split", "selected_on", "method", "variant", "seeds",
+              "metric", "value", "std", "device", "date", "commit", "command")
+
+
+def log(work: Path, message: str) -> None:
+    line = f"{dt.datetime.now(dt.UTC):%H:%M:%S} {message}"
+    print(line, flush=True)
+    with (work / "logs" / "protocol.log").open("a") as f:
+        f.write(line + "\n")
+
+
+def run(work: Path, name: str, argv: list[str], env: dict | None = None) -> str:
+    """Run ``argv`` with its output in ``logs/<name>.log``; raise on failure."""
+    log(work, f"{name}: {shlex.join(argv)}")
+    out = work / "logs" / f"{name}.log"
+    with out.open("w") as f:
+        code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})}).returncode
+    if code != 0:
+        raise SystemExit(f"{name} failed ({code}); see {out}")
+    return out.read_text()
+
+
+def start(work: Path, name: str, argv: list[str]) -> subprocess.Popen:
+    log(work, f"{name} (background): {shlex.join(argv)}")
+    f = (work / "logs" / f"{name}.log").open("w")
+    return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
+
+
+class GpuSampler:
+    """``nvidia-smi`` utilisation every second into a file while a step runs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used",
+             "--format=csv,noheader,nounits", "-lms", "1000"],
+            stdout=path.open("a"), stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def busy(path: Path) -> dict:
+    """Mean GPU utilisation of the samples in ``path`` (one line per second)."""
+    values = [float(line.split(",")[1]) for line in path.read_text().splitlines()
+              if line.count(",") == 2]
+    return {"gpu_busy_mean": statistics.fmean(values) / 100 if values else None,
+            "gpu_samples": len(values)}
+
+
+def best_checkpoint(run: Path) -> Path:
+    """The checkpoint of a run's best validation epoch."""
+    history = json.loads((run / "history.json").read_text())
+    best = history[-1]["best_epoch"]
+    return run / f"checkpoint_epoch-{best:04d}"
+
+
+def search_stats(exp: Path, alone_img_s: float | None) -> dict:
+    """Trials per hour and aggregate training images/s of a search, from its trials'
+    reports (``result.json``), against one trial alone."""
+    reports = [json.loads(line) for trial in exp.glob("run_trial_*")
+               for line in (trial / "result.json").read_text().splitlines()]
+    if not reports:
+        return {}
+    first = min(r["timestamp"] - r["time_this_iter_s"] for r in reports)
+    wall = max(r["timestamp"] for r in reports) - first
+    images = sum(r["rows_train"] for r in reports)
+    trials = len({r["trial_id"] for r in reports})
+    epochs = len(reports)
+    rate = images / wall
+    return {"trials": trials, "epochs": epochs, "search_wall_s": wall,
+            "trials_per_hour": trials / wall * 3600, "aggregate_img_s": rate,
+            "alone_img_s": alone_img_s,
+            "aggregate_vs_alone": rate / alone_img_s if alone_img_s else None}
+
+
+def evaluate(work: Path, name: str, checkpoint: Path) -> dict:
+    out = work / "eval" / name
+    if not (out / "metrics.json").is_file():
+        run(work, f"eval-{name}", [sys.executable, "-m", "ray_fer.evaluate", str(checkpoint),
+                                   "--split", "test", "--tta", "tencrop", "--out", str(out)])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="the dataset folder (or --data for ingested shards)")
+    p.add_argument("--format", default="fer2013-folders")
+    p.add_argument("--data", help="shards already ingested with a carved val (skip ingest)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--space", default="fer2013_cnns")
+    p.add_argument("--packaged", nargs="+", default=["vgg_bn"],
+                   help="methods whose packaged recipe is retrained beside the winner")
+    p.add_argument("--samples", type=int, default=64)
+    p.add_argument("--concurrent", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--alone-epochs", type=int, default=3)
+    p.add_argument("--cpu", action="store_true", help="no GPU (a smoke run of the protocol)")
+    p.add_argument("--set", action="append", default=[], help="added to every run")
+    p.add_argument("--commit", default="")
+    p.add_argument("--dataset", default="fer2013")
+    args = p.parse_args(argv)
+    work = args.work
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    sets = [x for s in args.set for x in ("--set", s)]
+    gpu = [] if args.cpu else ["--gpu"]
+
+    shards = Path(args.data) if args.data else work / "shards"
+    if not (shards / "manifest.json").is_file():
+        run(work, "ingest", [py, "-m", "ray_fer.ingest", args.format, args.source, "--out",
+                             str(shards), "--val-from-train", str(args.val_fraction),
+                             "--no-progress"])
+    manifest = json.loads((shards / "manifest.json").read_text())
+    log(work, f"splits: { {s: sum(c.values()) for s, c in manifest['counts'].items()} }")
+
+    alone = work / "runs" / "alone"
+    if not (alone / "history.json").is_file():
+        run(work, "alone", [py, "-m", "ray_fer.train", args.packaged[0], "--data", str(shards),
+                            "--epochs", str(args.alone_epochs), "--storage",
+                            str(work / "runs"), "--name", "alone", *gpu, *sets])
+    last = json.loads((alone / "history.json").read_text())[-1]
+    alone_img_s = last["rows_train"] / last["time_train_s"]
+
+    exp = work / "searches" / args.space
+    if not (exp / "best_config.yaml").is_file():
+        sampler = None if args.cpu else GpuSampler(work / "gpu_search.csv")
+        share = [] if args.cpu else ["--gpus-per-trial", f"{1 / args.concurrent:.4f}"]
+        resume = ["--resume"] if (exp / "base_configs.yaml").is_file() else []
+        try:
+            run(work, "search", [py, "-m", "ray_fer.tune", args.space, "--data", str(shards),
+                                 "--num-samples", str(args.samples), "--max-concurrent",
+                                 str(args.concurrent), "--storage", str(work / "searches"),
+                                 "--name", args.space, *share, *resume, *sets])
+        finally:
+            if sampler is not None:
+                sampler.stop()
+    stats = search_stats(exp, alone_img_s)
+    if not args.cpu:
+        stats |= busy(work / "gpu_search.csv")
+    log(work, f"search: {json.dumps(stats)}")
+
+    import yaml
+
+    winner = yaml.safe_load((exp / "best_config.yaml").read_text())
+    recipes = {"search-winner": (winner["method"], ["--config", str(exp / "best_config.yaml")])}
+    recipes |= {f"packaged-{m}": (m, []) for m in args.packaged}
+    share = [] if args.cpu else [
+        "--set", f"resources.gpus_per_worker={1 / (len(recipes) * args.seeds):.4f}"]
+    pending = []
+    for variant, (method, extra) in recipes.items():
+        for seed in range(args.seeds):
+            name = f"{variant}-s{seed}"
+            if not (work / "runs" / name / "history.json").is_file():
+                resume = ["--resume"] if (work / "runs" / name / "config.yaml").is_file() else []
+                pending.append((name, start(work, name, [
+                    py, "-m", "ray_fer.train", method, "--data", str(shards), *extra,
+                    "--seed", str(seed), "--storage", str(work / "runs"), "--name", name,
+                    *gpu, *share, *resume, *sets])))
+    failed = [name for name, proc in pending if proc.wait() != 0]
+    if failed:
+        raise SystemExit(f"retrains failed: {failed}; see {work / 'logs'}")
+
+    ensemble = exp / f"ensemble-top{args.top}"
+    if not (ensemble / "meta.json").is_file():
+        run(work, "ensemble", [py, "-m", "ray_fer.ensemble", str(exp), "--top", str(args.top),
+                               *(["--device", "cpu"] if args.cpu else [])])
+    report = {"search": stats, "splits": manifest["split_source"],
+              "ensemble": json.loads((ensemble / "ensemble.json").read_text()), "models": {}}
+    for variant, (method, _) in recipes.items():
+        results = [evaluate(work, f"{variant}-s{s}",
+                            best_checkpoint(work / "runs" / f"{variant}-s{s}"))
+                   for s in range(args.seeds)]
+        report["models"][variant] = {"method": method, "test": results}
+    report["models"][f"ensemble-top{args.top}"] = {
+        "method": "ensemble", "test": [evaluate(work, f"ensemble-top{args.top}", ensemble)]}
+    (work / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_rows(work, report, args, " ".join(map(shlex.quote, sys.argv)))
+    log(work, "done")
+    return 0
+
+
+def write_rows(work: Path, report: dict, args: argparse.Namespace, command: str) -> None:
+    """``rows.csv``: one row per reported figure, in the results data's columns."""
+    device = "CPU" if args.cpu else subprocess.run(
+        ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+        text=True).stdout.strip().splitlines()[0]
+    common = {"dataset": args.dataset, "device": device, "commit": args.commit,
+              "date": dt.date.today().isoformat(), "command": command}
+    rows = []
+    for variant, model in report["models"].items():
+        for metric, pick in (("accuracy", lambda m: m["test_accuracy"]),
+                             ("accuracy-tta-tencrop", lambda m: m["tta"]["accuracy"])):
+            values = [pick(m) for m in model["test"]]
+            rows.append(common | {
+                "table": "accuracy", "split": "test", "selected_on": "val",
+                "method": model["method"], "variant": variant, "seeds": len(values),
+                "metric": metric, "value": statistics.fmean(values),
+                "std": statistics.pstdev(values) if len(values) > 1 else ""})
+    for key in ("gpu_busy_mean", "trials_per_hour", "aggregate_img_s", "aggregate_vs_alone"):
+        if report["search"].get(key) is not None:
+            rows.append(common | {"table": "search", "split": "", "selected_on": "val",
+                                  "method": args.space, "variant": f"{args.samples} trials",
+                                  "seeds": 1, "metric": key, "value": report["search"][key],
+                                  "std": ""})
+    with (work / "rows.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    code = main()
+    print(f"elapsed {time.time() - t0:.0f} s")
+    sys.exit(code)
