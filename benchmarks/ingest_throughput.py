@@ -1,6 +1,7 @@
 """Ingest and read throughput on this machine, against a real S3 server (SeaweedFS).
 
-Measures (results go to ``benchmarks/RESULTS.md`` by hand, with the command and machine):
+Measures (results go to ``benchmarks/results/ingest.csv`` by hand, with the command and
+machine; ``benchmarks/report.py`` makes RESULTS.md of them):
 
 1. ingest: FER2013 image folders → ``s3://`` shards, images/s (``ray_fer.ingest.ingest``);
 2. read: Ray Data ``read_parquet`` from S3 + ``map_batches`` decoding every face, faces/s,

@@ -10,7 +10,7 @@
 #          on the 70 test faces, JAFFE_EPOCHS (default 100) at batch JAFFE_BATCH (default 32);
 #   loso   SMALL_MODEL on JAFFE leave-one-subject-out (10 folds), same epochs and batch;
 #   ae     the face-generating autoencoder, stage 1 through ray_fer.train (V/A face grid
-#          PNG), and the seed's tables 1-3 (benchmarks/face_ae_tables.py), fold 0 held out;
+#          PNG), and the paper's tables 1-3 (benchmarks/face_ae_tables.py), fold 0 held out;
 #   fer    FER2013 (official split, PublicTest as val): FER_MODELS (default vgg_bn
 #          deep_emotion_wide efficientnet_b0_dense) for FER_EPOCHS (default 60) at
 #          FER_SHARE (default 0.3) of the GPU each, best checkpoints evaluated with flip TTA;

@@ -78,7 +78,8 @@ def uncached_bytecode(modules: tuple[str, ...] = ("torch", "torch._dynamo")) -> 
     pip writes the cache at install time, but an interpreter run with
     ``PYTHONDONTWRITEBYTECODE`` over an install without ``__pycache__`` never has it. Each
     new Tune trial process then spent about 5 s more compiling torch and its compiler stack
-    (which ``torch.optim`` imports) on an H100 machine (benchmarks/RESULTS.md, session 13).
+    (which ``torch.optim`` imports) on an H100 machine
+    (benchmarks/RESULTS.md#where-a-first-round-trials-start-goes).
     """
     import importlib.util
 

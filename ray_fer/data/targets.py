@@ -320,7 +320,7 @@ def va_grid_groups(valence: np.ndarray, arousal: np.ndarray, cells_per_axis: int
 
 
 def undersample_indices(groups: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    """Row indices keeping at most ``cap`` random rows of each group (the seed's T_u)."""
+    """Row indices keeping at most ``cap`` random rows of each group (Kim, Park & Chang's T_u)."""
     if cap < 1:
         raise ValueError(f"cap must be >= 1, got {cap}")
     rng = np.random.default_rng(seed)
@@ -334,7 +334,7 @@ def undersample_indices(groups: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 def oversample_indices(groups: np.ndarray, target: int, seed: int) -> np.ndarray:
     """Row indices replicating each group smaller than ``target`` up to ``target`` rows
-    (the seed's T_o): whole copies, then a random subset for the remainder; larger
+    (Kim, Park & Chang's T_o): whole copies, then a random subset for the remainder; larger
     groups are kept as they are."""
     if target < 1:
         raise ValueError(f"target must be >= 1, got {target}")

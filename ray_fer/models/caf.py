@@ -1,6 +1,6 @@
 """CAF: contrastive adversarial learning for person-independent V/A (Kim & Song, AAAI 2021).
 
-Three networks (METHODS.md section 3): a shared encoder f_e (ResNet-18, or a small CNN for
+Three networks: a shared encoder f_e (ResNet-18, or a small CNN for
 48x48 faces), a critic f_c on the latent features that learns to tell strong-emotion
 features from weak ones, and an FC regressor f_r giving (valence, arousal) in [-1, 1].
 Inference is ``regressor(encoder(x))`` (:meth:`CafModel.forward`); the critic only

@@ -1,6 +1,6 @@
 """Deep-Emotion (Minaee & Abdolrashidi 2019): an attentional CNN with a spatial transformer.
 
-Layout of the common re-implementation (omarsayed7/Deep-Emotion, METHODS.md section 1):
+Layout of the common re-implementation (omarsayed7/Deep-Emotion) of arXiv 1902.01019:
 
 - spatial transformer on the input: localization convs 7x7 (8 filters) and 5x5 (10
   filters), each followed by 2x2 max-pooling and ReLU, then FC -> 32 -> ReLU -> FC -> 6

@@ -1,7 +1,8 @@
-"""Efficient ImageNet backbones + two dense layers (METHODS.md section 2).
+"""Efficient ImageNet backbones + two dense layers (Kim, Yang & Choi, "Feature Comparison of
+Emotion Recognition Models using Face Images").
 
 torchvision's MobileNetV2, EfficientNet-B0 and EfficientNet-B2 feature extractors, global
-average pooling, then the seed's "Dense-Dense" head: dropout -> FC(hidden) -> ReLU ->
+average pooling, then the paper's "Dense-Dense" head: dropout -> FC(hidden) -> ReLU ->
 dropout -> FC(classes).
 
 Small inputs: these backbones downsample 32x, so a 48x48 FER2013 face ends as a 2x2 map

@@ -1,4 +1,4 @@
-"""Face-generating autoencoder for V/A rebalancing (Kim, Park & Chang; METHODS.md section 5).
+"""Face-generating autoencoder for V/A rebalancing (Kim, Park & Chang, Kwangwoon University).
 
 Stage 1, :class:`FaceAutoencoder`: the encoder E, repeated [3x3 conv, BN, ReLU, max-pool],
 maps a 3x64x64 face to an appearance code z in R^32 plus valence v and arousal a (tanh);
@@ -152,7 +152,7 @@ def rerender_batch(ae: FaceAutoencoder, images: torch.Tensor, rng: np.random.Gen
     return rendered, targets
 
 
-#: The seed's Fig. 2 grid: valence -0.4..0.4 and arousal -0.3..0.3 in steps of 0.1.
+#: The paper's Fig. 2 grid: valence -0.4..0.4 and arousal -0.3..0.3 in steps of 0.1.
 FIGURE_VALENCES = tuple(round(-0.4 + 0.1 * i, 1) for i in range(9))
 FIGURE_AROUSALS = tuple(round(-0.3 + 0.1 * i, 1) for i in range(7))
 

@@ -5,7 +5,7 @@ channels (``layers.stem.adapt_stem_conv``). With ``identity_cbam`` an
 :class:`~ray_fer.models.layers.cbam.IdentityCBAM` is appended to each of layer1..layer4
 (so it runs right after the stage, and torchvision's parameter names, hence pretrained
 weights, are unchanged); the module is the identity at initialisation, so a fresh
-Identity-CBAM ResNet computes exactly what the plain one does (METHODS.md section 4).
+Identity-CBAM ResNet computes exactly what the plain one does (Oh, Kim, Kim & Gwak).
 
 Small inputs: ``small_stem=None`` replaces the 7x7 stride-2 conv + max-pool stem with a
 3x3 stride-1 conv (no pool) below 96 px, so a 48 px face reaches layer4 as 6x6 instead

@@ -3,7 +3,8 @@
 Four stages of two 3x3 convolutions (padding 1) with BatchNorm and ReLU, 64-128-256-512
 filters, each stage ending in 2x2 max-pooling (48 -> 3 at the FER2013 size), then two
 hidden fully connected layers with ReLU and dropout and the class layer. Nets of this
-shape are reported at 69-71% on FER2013 (issue 3); it is the reference point the
+shape are reported at 71-73% on FER2013 (Pramerdorfer & Kampel 2016, arXiv 1612.02903;
+WuJie1010/Facial-Expression-Recognition.Pytorch); it is the reference point the
 attentional and backbone models are compared against.
 """
 

@@ -10,7 +10,7 @@ fixed partner. Validation reports the encoder's V/A (RMSE, PCC, CCC, SAGR), the
 reconstruction of each face at its own V/A (``reconstruction_mse``) and the rendering of
 its partner from its appearance at the partner's V/A (``pair_mse``, the best checkpoint's
 metric: what stage 2 relies on). At the end the best checkpoint renders the first
-validation face over the seed's v x a grid: ``<run>/va_grid.png`` and a TensorBoard image.
+validation face over the paper's v x a grid: ``<run>/va_grid.png`` and a TensorBoard image.
 
 ``python -m ray_fer.train face_ae_regressor``: stage 2, the ResNet-34 V/A regressor, with
 ``options.balance`` (:class:`RegressConfig`): ``none`` (the original data), ``under`` /
@@ -83,7 +83,7 @@ class RegressConfig:
     """Stage 2's training data (``options.*`` of ``face_ae_regressor``).
 
     ``threshold`` is T_u for ``under`` and T_o for ``over``; ``grid_cells`` the cells per
-    axis of the V/A grid over [-1, 1]^2 that defines the groups (the seed does not give
+    axis of the V/A grid over [-1, 1]^2 that defines the groups (the paper does not give
     its grid). ``ae_checkpoint``: a stage-1 checkpoint folder, for ``rerender``.
     """
 
@@ -305,7 +305,7 @@ def _tensorboard_image(run: Location, tag: str, image: np.ndarray, step: int) ->
 
 
 def write_va_grid(cfg: Config, checkpoint: str, run: Location) -> None:
-    """Render the first validation face over the seed's v x a grid with the autoencoder of
+    """Render the first validation face over the paper's v x a grid with the autoencoder of
     ``checkpoint``; write ``va_grid.png`` and a TensorBoard image into ``run``."""
     from ray_fer.reports.va_grid import va_grid_mosaic, va_grid_png
 

@@ -123,8 +123,9 @@ def run_targets(method: Method, targets: dict) -> str:
 def weight_tensors(module: nn.Module) -> list[nn.Parameter]:
     """Parameters the explicit L2 term covers: weight matrices and conv kernels (ndim > 1).
 
-    Biases and normalisation scales/shifts (1-D) are excluded, as in the seeds' "L2 over
-    weights" and common practice: penalising them only shifts activations.
+    Biases and normalisation scales/shifts (1-D) are excluded, as in Deep-Emotion's λ‖w‖²
+    over weights (Minaee & Abdolrashidi 2019) and common practice: penalising them only
+    shifts activations.
     """
     return [p for p in module.parameters() if p.requires_grad and p.ndim > 1]
 
@@ -138,7 +139,7 @@ def fused_on_cuda(params: list[nn.Parameter]) -> bool | None:
     """An optimizer's ``fused`` argument for ``params``: True (torch's fused CUDA kernel)
     when all of them are on CUDA, else None (torch's default). It launches fewer kernels
     per step than the default (foreach); on ResNet-50 at 224 px the difference was within
-    noise (benchmarks/RESULTS.md)."""
+    noise (benchmarks/RESULTS.md#resnet-50-at-224-px)."""
     return (bool(params) and all(p.is_cuda for p in params)) or None
 
 

@@ -1,4 +1,4 @@
-"""``benchmarks/face_ae_tables.py --quick`` runs the seed's tables 1-3 protocol end to end."""
+"""``benchmarks/face_ae_tables.py --quick`` runs the paper's tables 1-3 protocol end to end."""
 
 from __future__ import annotations
 

@@ -132,7 +132,7 @@ def test_va_grid_renders_one_face_at_every_grid_point():
     ae = FaceAutoencoder(3, 32, width=8).train()
     face = torch.rand(3, 32, 32)
     grid = render_va_grid(ae, face)
-    assert grid.shape == (7, 9, 3, 32, 32)  # the seed's Fig. 2: 7 arousals x 9 valences
+    assert grid.shape == (7, 9, 3, 32, 32)  # the paper's Fig. 2: 7 arousals x 9 valences
     assert ae.training
     ae.eval()
     with torch.no_grad():

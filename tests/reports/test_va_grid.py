@@ -1,4 +1,4 @@
-"""The seed's Fig. 2 figure: tiles laid out on the V/A plane, and a PNG."""
+"""Fig. 2 of Kim, Park & Chang: tiles laid out on the V/A plane, and a PNG."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Identity-CBAM (Oh, Kim, Kim, Gwak): CBAM's gates, a bottleneck block and a skip connection.
 
-The seed paper (``seeds/identity-cbam-resnet.ko.txt``, section 2) describes the module in
+Their paper ("Face Emotion Recognition using ResNet with Identity-CBAM") describes it in
 this order: the channel attention module selects the important feature channels, the
 spatial attention module then weights the important positions, a bottleneck residual
 block added to CBAM learns from those emphasised features with few parameters, and a
