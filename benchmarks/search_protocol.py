@@ -21,19 +21,24 @@ the same command again continues where it stopped. Logs go to ``<work>/logs`` as
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import json
 import os
+import secrets
 import shlex
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-ROW_FIELDS = ("table", "dataset", "split", "selected_on", "method", "variant", "seeds",
-              "metric", "value", "std", "device", "date", "commit", "command")
+#: The columns of benchmarks/results/*.csv.
+ROW_FIELDS = ("table", "dataset", "split", "selected_on", "method", "variant", "tta", "seeds",
+              "epochs", "metric", "unit", "value", "std", "device", "date", "commit",
+              "command", "note")
 
 
 def log(work: Path, message: str) -> None:
@@ -77,11 +82,13 @@ class GpuSampler:
 
 
 def busy(path: Path) -> dict:
-    """Mean GPU utilisation of the samples in ``path`` (one line per second)."""
-    values = [float(line.split(",")[1]) for line in path.read_text().splitlines()
-              if line.count(",") == 2]
-    return {"gpu_busy_mean": statistics.fmean(values) / 100 if values else None,
-            "gpu_samples": len(values)}
+    """GPU utilisation (%) and peak memory (GB) of the samples in ``path``."""
+    rows = [line.split(",") for line in path.read_text().splitlines() if line.count(",") == 2]
+    if not rows:
+        return {}
+    used = [float(r[1]) for r in rows]
+    return {"gpu_busy_mean": statistics.fmean(used), "gpu_busy_median": statistics.median(used),
+            "gpu_mem_peak": max(float(r[2]) for r in rows) / 1024, "gpu_samples": len(rows)}
 
 
 def best_checkpoint(run: Path) -> Path:
@@ -89,6 +96,23 @@ def best_checkpoint(run: Path) -> Path:
     history = json.loads((run / "history.json").read_text())
     best = history[-1]["best_epoch"]
     return run / f"checkpoint_epoch-{best:04d}"
+
+
+@contextlib.contextmanager
+def ray_head(work: Path) -> Iterator[None]:
+    """One Ray node for every step (the retrains share its GPU), with a token of its own,
+    unless RAY_ADDRESS names a running one."""
+    if os.environ.get("RAY_ADDRESS"):
+        yield
+        return
+    os.environ |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    run(work, "ray-start", ["ray", "start", "--head", "--disable-usage-stats"])
+    os.environ["RAY_ADDRESS"] = "auto"
+    try:
+        yield
+    finally:
+        subprocess.run(["ray", "stop", "--force"], capture_output=True)
+        del os.environ["RAY_ADDRESS"]
 
 
 def search_stats(exp: Path, alone_img_s: float | None) -> dict:
@@ -119,6 +143,13 @@ def evaluate(work: Path, name: str, checkpoint: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    (args.work / "logs").mkdir(parents=True, exist_ok=True)
+    with ray_head(args.work):
+        return protocol(args)
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="the dataset folder (or --data for ingested shards)")
@@ -128,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--space", default="fer2013_cnns")
     p.add_argument("--packaged", nargs="+", default=["vgg_bn"],
-                   help="methods whose packaged recipe is retrained beside the winner")
+                   help="methods whose packaged recipe is retrained beside the winner (the "
+                        "winner's method is always one)")
     p.add_argument("--samples", type=int, default=64)
     p.add_argument("--concurrent", type=int, default=8)
     p.add_argument("--seeds", type=int, default=3)
@@ -137,10 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="no GPU (a smoke run of the protocol)")
     p.add_argument("--set", action="append", default=[], help="added to every run")
     p.add_argument("--commit", default="")
-    p.add_argument("--dataset", default="fer2013")
-    args = p.parse_args(argv)
+    p.add_argument("--dataset", default="FER2013")
+    return p
+
+
+def protocol(args: argparse.Namespace) -> int:
+    """The steps of the module docstring, each skipped when its output exists."""
     work = args.work
-    (work / "logs").mkdir(parents=True, exist_ok=True)
     py = sys.executable
     sets = [x for s in args.set for x in ("--set", s)]
     gpu = [] if args.cpu else ["--gpu"]
@@ -183,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
     winner = yaml.safe_load((exp / "best_config.yaml").read_text())
     recipes = {"search-winner": (winner["method"], ["--config", str(exp / "best_config.yaml")])}
-    recipes |= {f"packaged-{m}": (m, []) for m in args.packaged}
+    recipes |= {f"packaged-{m}": (m, []) for m in dict.fromkeys(
+        [winner["method"], *args.packaged])}
     share = [] if args.cpu else [
         "--set", f"resources.gpus_per_worker={1 / (len(recipes) * args.seeds):.4f}"]
     pending = []
@@ -219,29 +255,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: The search's figures in the results data: metric → unit.
+SEARCH_FIGURES = {"trials": "", "search_wall_s": "s", "trials_per_hour": "trials/h",
+                  "aggregate_img_s": "img/s", "alone_img_s": "img/s",
+                  "aggregate_vs_alone": "x", "gpu_busy_mean": "%", "gpu_busy_median": "%",
+                  "gpu_mem_peak": "GB"}
+
+
 def write_rows(work: Path, report: dict, args: argparse.Namespace, command: str) -> None:
-    """``rows.csv``: one row per reported figure, in the results data's columns."""
+    """``rows.csv``: one row per measured figure, in the results data's columns."""
     device = "CPU" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
         text=True).stdout.strip().splitlines()[0]
+    test = report["splits"].get("test", "test")
     common = {"dataset": args.dataset, "device": device, "commit": args.commit,
-              "date": dt.date.today().isoformat(), "command": command}
+              "date": dt.date.today().isoformat(), "command": command, "note": ""}
     rows = []
     for variant, model in report["models"].items():
-        for metric, pick in (("accuracy", lambda m: m["test_accuracy"]),
-                             ("accuracy-tta-tencrop", lambda m: m["tta"]["accuracy"])):
-            values = [pick(m) for m in model["test"]]
+        for seed, result in enumerate(model["test"]):
+            line = common | {"table": args.dataset.lower(), "split": test, "selected_on": "val",
+                             "method": model["method"], "variant": variant, "seeds": seed,
+                             "epochs": result["epoch"] + 1, "unit": "fraction", "std": ""}
+            rows += [line | {"tta": "", "metric": "accuracy", "value": result["test_accuracy"]},
+                     line | {"tta": "", "metric": "macro_f1", "value": result["test_macro_f1"]},
+                     line | {"tta": "tencrop", "metric": "accuracy",
+                             "value": result["tta"]["accuracy"]}]
+    for metric, unit in SEARCH_FIGURES.items():
+        if report["search"].get(metric) is not None:
             rows.append(common | {
-                "table": "accuracy", "split": "test", "selected_on": "val",
-                "method": model["method"], "variant": variant, "seeds": len(values),
-                "metric": metric, "value": statistics.fmean(values),
-                "std": statistics.pstdev(values) if len(values) > 1 else ""})
-    for key in ("gpu_busy_mean", "trials_per_hour", "aggregate_img_s", "aggregate_vs_alone"):
-        if report["search"].get(key) is not None:
-            rows.append(common | {"table": "search", "split": "", "selected_on": "val",
-                                  "method": args.space, "variant": f"{args.samples} trials",
-                                  "seeds": 1, "metric": key, "value": report["search"][key],
-                                  "std": ""})
+                "table": "search", "split": test, "selected_on": "val", "method": args.space,
+                "variant": f"{args.samples} trials, {args.concurrent} at a time", "tta": "",
+                "seeds": "", "epochs": "", "metric": metric, "unit": unit,
+                "value": report["search"][metric], "std": ""})
     with (work / "rows.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
         writer.writeheader()
