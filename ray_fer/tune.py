@@ -71,7 +71,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
     p.add_argument("--time-budget", type=float, dest="time_budget_s",
                    help="stop starting trials after this many seconds")
-    p.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial may stop")
+    p.add_argument("--grace-period", type=int,
+                   help="ASHA: epochs of the longest schedule before a trial may stop (the "
+                        "same share of a shorter one)")
     p.add_argument("--reduction-factor", type=int, help="ASHA reduction factor")
     p.add_argument("--epochs", type=int,
                    help="epochs per trial (ASHA's max_t, unless train.epochs is searched)")
@@ -191,6 +193,26 @@ def stored_search(exp: Location) -> Search:
     return make_search(bases, space)
 
 
+def asha_settings(search: Search, opts: dict) -> dict:
+    """ASHA's settings: trials compared at equal shares of their own schedules.
+
+    A trial's one-cycle or cosine schedule sets where its accuracy stands after a given
+    epoch: an 80-epoch trial is still warming up when a 40-epoch one is at its peak rate.
+    ASHA's clock is therefore the share of a trial's schedule done (``schedule_pct``); its
+    rungs sit at ``grace_period`` epochs of the longest schedule times powers of the
+    reduction factor, which is the same share of every shorter schedule.
+    """
+    from ray_fer.train.loop import SCHEDULE_PCT
+
+    longest = search.max_epochs
+    if opts["grace_period"] > longest:
+        raise ConfigError(f"--grace-period {opts['grace_period']} is longer than the longest "
+                          f"schedule ({longest} epochs)")
+    return {"time_attr": SCHEDULE_PCT, "metric": search.metric, "mode": search.mode,
+            "max_t": 100.0, "grace_period": 100.0 * opts["grace_period"] / longest,
+            "reduction_factor": opts["reduction_factor"]}
+
+
 def build_tuner(search: Search, opts: dict, *, storage: str, name: str, seed: int,
                 resume: bool, max_failures: int = 1,
                 trial_fn: Callable[..., None] | None = None):
@@ -234,9 +256,7 @@ def build_tuner(search: Search, opts: dict, *, storage: str, name: str, seed: in
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=opts["max_concurrent"]),
-            scheduler=ASHAScheduler(metric=search.metric, mode=search.mode,
-                                    max_t=search.max_epochs, grace_period=opts["grace_period"],
-                                    reduction_factor=opts["reduction_factor"]),
+            scheduler=ASHAScheduler(**asha_settings(search, opts)),
             num_samples=opts["num_samples"], time_budget_s=opts["time_budget_s"],
             # A trial that trains in its own process leaves it warm for the next one.
             reuse_actors=in_trial(cfg)),

@@ -87,6 +87,8 @@ log = logging.getLogger(__name__)
 BLOCKS_PER_WORKER = 8
 
 CHECKPOINT_PREFIX = "checkpoint_epoch-"
+#: The per-epoch metric: percent of the run's schedule done after the epoch.
+SCHEDULE_PCT = "schedule_pct"
 TENSORBOARD_DIR = "tensorboard"
 SYNTHETIC_MAX_SIZE = 64
 
@@ -814,6 +816,9 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
                        "rows_val": int(val_sums.get("count", 0)),
                        # 1: the epoch's training rows came from device memory, not Ray Data.
                        "rows_cached": int(cached),
+                       # Share of the run's schedule done: a search compares trials of
+                       # different schedule lengths at equal shares (ray_fer.tune).
+                       SCHEDULE_PCT: 100.0 * (epoch + 1) / cfg.train.epochs,
                        "time_train_s": train_time, "time_epoch_s": time.perf_counter() - started}
             if epoch == first_epoch and plan.created_at:
                 # Fixed cost of a run (or a Tune trial): actors, process group, data

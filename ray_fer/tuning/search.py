@@ -37,10 +37,16 @@ class Search:
     @property
     def max_epochs(self) -> int:
         """The longest schedule a trial may run (ASHA's ``max_t``)."""
-        longest = max(cfg.train.epochs for cfg in self.bases.values())
-        searched = [p.args[1] - (p.dist == "randint") if p.dist != "choice" else max(p.args)
-                    for p in self.space.params if p.key == EPOCHS_KEY]
-        return int(max([longest, *searched]))
+        longest = 0
+        for method, cfg in self.bases.items():
+            ranges = [p for p in self.space.params if p.key == EPOCHS_KEY
+                      and method in dict(p.when).get("method", (method,))]
+            tops = [max(p.args) if p.dist == "choice" else p.args[1] - (p.dist == "randint")
+                    for p in ranges]
+            # The base schedule counts unless every trial of the method searches its own.
+            always = any(set(dict(p.when)) <= {"method"} for p in ranges)
+            longest = max([longest, *tops, *([] if always else [cfg.train.epochs])])
+        return int(longest)
 
     def trial_config(self, values: dict[str, Any], *, storage: str, name: str) -> Config:
         """The run config of one trial: its method's base config with the proposed

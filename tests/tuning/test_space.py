@@ -173,7 +173,7 @@ LR_SPACES = [p for p in SPACES if "optim.lr" in yaml.safe_load(p.read_text())["s
 def test_searched_learning_rates_bracket_the_packaged_one(path):
     """SGD recipes train at ~50x Adam's learning rate: a range made for Adam would search
     only under-trained models of an SGD method."""
-    space = load_search_space(path, lambda m, k, v: None)
+    space = base_configs(parser().parse_args([path.stem])).space
     for method in space.methods:
         cfg = build_config(method, method_for(method).family)
         ranges = [p for p in space.params if p.key == "optim.lr"
