@@ -1,21 +1,26 @@
 """A search on real data under a protocol that cannot select on what it reports, end to end.
 
-1. ingest the dataset with a validation split carved from its training rows
-   (``--val-from-train``); its official held-out split becomes ``test``;
-2. train one trial's recipe alone for a few epochs (images/s of one trial, for the search's
-   aggregate rate to compare with);
-3. search (``python -m ray_fer.tune``) with the GPU's utilisation sampled every second;
-4. retrain the search's winner and each packaged recipe with ``--seeds`` seeds side by side;
-5. build the top-K ensemble of the search's trials (chosen on ``val``);
-6. evaluate every reported model once on ``test`` (plain and ten-crop);
-7. write ``summary.json`` and ``rows.csv`` (rows for ``benchmarks/results``).
+Steps (``--steps``, default all, in this order):
 
-Every step is skipped when its output exists, and an interrupted search resumes, so running
-the same command again continues where it stopped. Logs go to ``<work>/logs`` as it runs.
+- ``ingest``: the dataset with a validation split carved from its training rows
+  (``--val-from-train``); its official held-out split becomes ``test``;
+- ``alone``: one packaged recipe alone for a few epochs (one trial's images/s, which the
+  search's aggregate rate is compared with);
+- ``search``: ``python -m ray_fer.tune`` with the GPU's utilisation sampled every second;
+- ``ensemble``: the top-K ensemble of the search's trials (chosen on ``val``), it and the
+  search's best trial evaluated once on ``test`` (plain and ten-crop);
+- ``retrain``: the winner's config (``--winner``, default the search's) and the packaged
+  recipes, ``--seeds`` seeds each side by side, each evaluated once on ``test``.
+
+``report.json`` and ``rows.csv`` (rows for ``benchmarks/results``) hold what has been
+measured so far. Every step is skipped when its output exists and an interrupted search
+resumes, so the same command continues where it stopped; the ensemble needs the search's
+checkpoints, the retrains only its ``best_config.yaml``, so they may run on another day.
+Logs go to ``<work>/logs`` as it runs.
 
     python benchmarks/search_protocol.py /data/fer2013 --format fer2013-folders \\
-        --work /tmp/fer --space fer2013_cnns --packaged vgg_bn resnet18 --samples 64 \\
-        --concurrent 8 --seeds 3 --top 5 --commit $(git rev-parse --short HEAD)
+        --work /tmp/fer --space fer2013_cnns --samples 64 --concurrent 8 --seeds 3 --top 5 \\
+        --commit $(git rev-parse --short HEAD)
 """
 
 from __future__ import annotations
@@ -149,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         return protocol(args)
 
 
+def _steps(text: str) -> list[str]:
+    steps = text.split(",")
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown step(s) {sorted(unknown)}; choose from "
+                                         f"{','.join(STEPS)}")
+    return steps
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,89 +184,132 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], help="added to every run")
     p.add_argument("--commit", default="")
     p.add_argument("--dataset", default="FER2013")
+    p.add_argument("--steps", type=_steps, default=list(STEPS),
+                   help=f"comma-separated steps to run (default all: {','.join(STEPS)})")
+    p.add_argument("--winner", type=Path,
+                   help="retrain this best_config.yaml (default: the search's own)")
     return p
 
 
+STEPS = ("ingest", "alone", "search", "ensemble", "retrain")
+
+
 def protocol(args: argparse.Namespace) -> int:
-    """The steps of the module docstring, each skipped when its output exists."""
+    """The steps of the module docstring that ``--steps`` names, each skipped when its
+    output exists; ``report.json`` and ``rows.csv`` hold what has been measured so far."""
     work = args.work
-    py = sys.executable
-    sets = [x for s in args.set for x in ("--set", s)]
-    gpu = [] if args.cpu else ["--gpu"]
-
+    report_file = work / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.is_file() else {"models": {}}
     shards = Path(args.data) if args.data else work / "shards"
-    if not (shards / "manifest.json").is_file():
-        run(work, "ingest", [py, "-m", "ray_fer.ingest", args.format, args.source, "--out",
-                             str(shards), "--val-from-train", str(args.val_fraction),
-                             "--no-progress"])
-    manifest = json.loads((shards / "manifest.json").read_text())
-    log(work, f"splits: { {s: sum(c.values()) for s, c in manifest['counts'].items()} }")
-
-    alone = work / "runs" / "alone"
-    if not (alone / "history.json").is_file():
-        run(work, "alone", [py, "-m", "ray_fer.train", args.packaged[0], "--data", str(shards),
-                            "--epochs", str(args.alone_epochs), "--storage",
-                            str(work / "runs"), "--name", "alone", *gpu, *sets])
-    last = json.loads((alone / "history.json").read_text())[-1]
-    alone_img_s = last["rows_train"] / last["time_train_s"]
-
     exp = work / "searches" / args.space
+    steps = {"ingest": ingest_step, "alone": alone_step, "search": search_step,
+             "ensemble": ensemble_step, "retrain": retrain_step}
+    for step in args.steps:
+        steps[step](args, shards, exp, report)
+        report_file.write_text(json.dumps(report, indent=2) + "\n")
+        write_rows(work, report, args, " ".join(map(shlex.quote, sys.argv)))
+    log(work, "done")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> list[str]:
+    """Flags every training run gets: the GPU, and the ``--set`` values."""
+    return [*([] if args.cpu else ["--gpu"]), *(x for s in args.set for x in ("--set", s))]
+
+
+def ingest_step(args, shards: Path, exp: Path, report: dict) -> None:
+    if not (shards / "manifest.json").is_file():
+        run(args.work, "ingest", [sys.executable, "-m", "ray_fer.ingest", args.format,
+                                  args.source, "--out", str(shards), "--val-from-train",
+                                  str(args.val_fraction), "--no-progress"])
+    manifest = json.loads((shards / "manifest.json").read_text())
+    report["splits"] = manifest["split_source"]
+    log(args.work, f"splits: { {s: sum(c.values()) for s, c in manifest['counts'].items()} }")
+
+
+def alone_step(args, shards: Path, exp: Path, report: dict) -> None:
+    """One packaged run alone for a few epochs: one trial's images/s."""
+    alone = args.work / "runs" / "alone"
+    if not (alone / "history.json").is_file():
+        run(args.work, "alone", [sys.executable, "-m", "ray_fer.train", args.packaged[0],
+                                 "--data", str(shards), "--epochs", str(args.alone_epochs),
+                                 "--storage", str(args.work / "runs"), "--name", "alone",
+                                 *_runs(args)])
+    last = json.loads((alone / "history.json").read_text())[-1]
+    report["alone_img_s"] = last["rows_train"] / last["time_train_s"]
+
+
+def search_step(args, shards: Path, exp: Path, report: dict) -> None:
     if not (exp / "best_config.yaml").is_file():
-        sampler = None if args.cpu else GpuSampler(work / "gpu_search.csv")
+        sampler = None if args.cpu else GpuSampler(args.work / "gpu_search.csv")
         share = [] if args.cpu else ["--gpus-per-trial", f"{1 / args.concurrent:.4f}"]
         resume = ["--resume"] if (exp / "base_configs.yaml").is_file() else []
         try:
-            run(work, "search", [py, "-m", "ray_fer.tune", args.space, "--data", str(shards),
-                                 "--num-samples", str(args.samples), "--max-concurrent",
-                                 str(args.concurrent), "--storage", str(work / "searches"),
-                                 "--name", args.space, *share, *resume, *sets])
+            run(args.work, "search", [
+                sys.executable, "-m", "ray_fer.tune", args.space, "--data", str(shards),
+                "--num-samples", str(args.samples), "--max-concurrent", str(args.concurrent),
+                "--storage", str(args.work / "searches"), "--name", args.space, *share,
+                *resume, *(x for s in args.set for x in ("--set", s))])
         finally:
             if sampler is not None:
                 sampler.stop()
-    stats = search_stats(exp, alone_img_s)
+    stats = search_stats(exp, report.get("alone_img_s"))
     if not args.cpu:
-        stats |= busy(work / "gpu_search.csv")
-    log(work, f"search: {json.dumps(stats)}")
+        stats |= busy(args.work / "gpu_search.csv")
+    report["search"] = stats
+    log(args.work, f"search: {json.dumps(stats)}")
 
+
+def ensemble_step(args, shards: Path, exp: Path, report: dict) -> None:
+    """The top-K ensemble of the search's trials, and it and the search's best trial
+    evaluated once on test."""
+    ensemble = exp / f"ensemble-top{args.top}"
+    if not (ensemble / "meta.json").is_file():
+        run(args.work, "ensemble", [sys.executable, "-m", "ray_fer.ensemble", str(exp),
+                                    "--top", str(args.top),
+                                    *(["--device", "cpu"] if args.cpu else [])])
+    report["ensemble"] = json.loads((ensemble / "ensemble.json").read_text())
+    report["models"][f"ensemble-top{args.top}"] = {
+        "method": "ensemble", "test": [evaluate(args.work, f"ensemble-top{args.top}", ensemble)]}
+    report["models"]["search-best-trial"] = {
+        "method": _method_of(exp / "best_config.yaml"),
+        "test": [evaluate(args.work, "search-best-trial", exp / "best_checkpoint")]}
+
+
+def _method_of(config: Path) -> str:
+    """The method a run config (e.g. a search's ``best_config.yaml``) trains."""
     import yaml
 
-    winner = yaml.safe_load((exp / "best_config.yaml").read_text())
-    recipes = {"search-winner": (winner["method"], ["--config", str(exp / "best_config.yaml")])}
-    recipes |= {f"packaged-{m}": (m, []) for m in dict.fromkeys(
-        [winner["method"], *args.packaged])}
+    return yaml.safe_load(config.read_text())["method"]
+
+
+def retrain_step(args, shards: Path, exp: Path, report: dict) -> None:
+    """The winner's config and the packaged recipes, ``--seeds`` seeds each, side by side;
+    each run's best validation checkpoint evaluated once on test."""
+    winner = args.winner or exp / "best_config.yaml"
+    method = _method_of(winner)
+    recipes = {"search-winner": (method, ["--config", str(winner)])}
+    recipes |= {f"packaged-{m}": (m, []) for m in dict.fromkeys([method, *args.packaged])}
     share = [] if args.cpu else [
         "--set", f"resources.gpus_per_worker={1 / (len(recipes) * args.seeds):.4f}"]
     pending = []
-    for variant, (method, extra) in recipes.items():
+    for variant, (name_method, extra) in recipes.items():
         for seed in range(args.seeds):
-            name = f"{variant}-s{seed}"
-            if not (work / "runs" / name / "history.json").is_file():
-                resume = ["--resume"] if (work / "runs" / name / "config.yaml").is_file() else []
-                pending.append((name, start(work, name, [
-                    py, "-m", "ray_fer.train", method, "--data", str(shards), *extra,
-                    "--seed", str(seed), "--storage", str(work / "runs"), "--name", name,
-                    *gpu, *share, *resume, *sets])))
+            name, folder = f"{variant}-s{seed}", args.work / "runs" / f"{variant}-s{seed}"
+            if not (folder / "history.json").is_file():
+                resume = ["--resume"] if (folder / "config.yaml").is_file() else []
+                pending.append((name, start(args.work, name, [
+                    sys.executable, "-m", "ray_fer.train", name_method, "--data", str(shards),
+                    *extra, "--seed", str(seed), "--storage", str(args.work / "runs"),
+                    "--name", name, *_runs(args), *share, *resume])))
     failed = [name for name, proc in pending if proc.wait() != 0]
     if failed:
-        raise SystemExit(f"retrains failed: {failed}; see {work / 'logs'}")
-
-    ensemble = exp / f"ensemble-top{args.top}"
-    if not (ensemble / "meta.json").is_file():
-        run(work, "ensemble", [py, "-m", "ray_fer.ensemble", str(exp), "--top", str(args.top),
-                               *(["--device", "cpu"] if args.cpu else [])])
-    report = {"search": stats, "splits": manifest["split_source"],
-              "ensemble": json.loads((ensemble / "ensemble.json").read_text()), "models": {}}
-    for variant, (method, _) in recipes.items():
-        results = [evaluate(work, f"{variant}-s{s}",
-                            best_checkpoint(work / "runs" / f"{variant}-s{s}"))
-                   for s in range(args.seeds)]
-        report["models"][variant] = {"method": method, "test": results}
-    report["models"][f"ensemble-top{args.top}"] = {
-        "method": "ensemble", "test": [evaluate(work, f"ensemble-top{args.top}", ensemble)]}
-    (work / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_rows(work, report, args, " ".join(map(shlex.quote, sys.argv)))
-    log(work, "done")
-    return 0
+        raise SystemExit(f"retrains failed: {failed}; see {args.work / 'logs'}")
+    for variant, (name_method, _) in recipes.items():
+        report["models"][variant] = {"method": name_method, "test": [
+            evaluate(args.work, f"{variant}-s{s}",
+                     best_checkpoint(args.work / "runs" / f"{variant}-s{s}"))
+            for s in range(args.seeds)]}
 
 
 #: The search's figures in the results data: metric → unit.
@@ -267,7 +324,7 @@ def write_rows(work: Path, report: dict, args: argparse.Namespace, command: str)
     device = "CPU" if args.cpu else subprocess.run(
         ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
         text=True).stdout.strip().splitlines()[0]
-    test = report["splits"].get("test", "test")
+    test = report.get("splits", {}).get("test", "test")
     common = {"dataset": args.dataset, "device": device, "commit": args.commit,
               "date": dt.date.today().isoformat(), "command": command, "note": ""}
     rows = []
@@ -275,18 +332,21 @@ def write_rows(work: Path, report: dict, args: argparse.Namespace, command: str)
         for seed, result in enumerate(model["test"]):
             line = common | {"table": args.dataset.lower(), "split": test, "selected_on": "val",
                              "method": model["method"], "variant": variant, "seeds": seed,
-                             "epochs": result["epoch"] + 1, "unit": "fraction", "std": ""}
-            rows += [line | {"tta": "", "metric": "accuracy", "value": result["test_accuracy"]},
-                     line | {"tta": "", "metric": "macro_f1", "value": result["test_macro_f1"]},
-                     line | {"tta": "tencrop", "metric": "accuracy",
-                             "value": result["tta"]["accuracy"]}]
+                             "epochs": "" if model["method"] == "ensemble" else result["epoch"] + 1,
+                             "unit": "fraction", "std": ""}
+            rows += [line | {"tta": tta, "metric": metric, "value": round(value, 4)}
+                     for tta, metric, value in (
+                         ("", "accuracy", result["test_accuracy"]),
+                         ("", "macro_f1", result["test_macro_f1"]),
+                         ("tencrop", "accuracy", result["tta"]["accuracy"]))]
     for metric, unit in SEARCH_FIGURES.items():
-        if report["search"].get(metric) is not None:
+        value = report.get("search", {}).get(metric)
+        if value is not None:
             rows.append(common | {
-                "table": "search", "split": test, "selected_on": "val", "method": args.space,
+                "table": "search", "split": "val", "selected_on": "", "method": args.space,
                 "variant": f"{args.samples} trials, {args.concurrent} at a time", "tta": "",
                 "seeds": "", "epochs": "", "metric": metric, "unit": unit,
-                "value": report["search"][metric], "std": ""})
+                "value": f"{value:.4g}", "std": ""})
     with (work / "rows.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=ROW_FIELDS)
         writer.writeheader()
