@@ -5,8 +5,8 @@ or arousal). Methods: ``occlusion`` (``--patch``, ``--stride``, ``--fill``), ``g
 (``--layer``, default per model family), ``guided_backprop``, ``guided_gradcam``.
 
 ``--images`` (files or folders) are read as face crops (the whole image, padded to a
-square) or, with ``--detect``, cropped around the largest detected face as ingestion
-does; written to ``--out``: ``grid.png`` (one row per image: the input, then a heat map
+square) or, with ``--detect``, cropped around the largest face that ``--detector`` finds,
+as ingestion does; written to ``--out``: ``grid.png`` (one row per image: the input, then a heat map
 and an overlay per column; columns per target with one method, per method with several),
 ``maps.npy`` (N, methods, targets, H, W) float32 and ``maps.json`` (what the axes are,
 predictions). ``--target``: ``predicted``, ``all`` or output names (comma-separated).
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ray_fer.config import ConfigError
+from ray_fer.data.detectors import AUTO, CHOICES, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import SourceItem
 from ray_fer.errors import UserError, print_error
@@ -48,10 +49,12 @@ from ray_fer.predict import PredictError, list_images, read_image
 from ray_fer.reports.saliency import class_average_grid, png_bytes, saliency_grid
 
 
-def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarray, list[str]]:
+def load_faces(paths: list[str], spec: FaceSpec, detect: bool, detector: str = AUTO
+               ) -> tuple[np.ndarray, list[str]]:
     """Faces (N, size, size, channels) of the given files and folders, and their paths.
 
-    Images where ``detect`` finds no face are left out with a note on stderr.
+    With ``detect``, images where ``detector`` finds no face are left out with a note on
+    stderr.
     """
     files: list[Path] = []
     for path in map(Path, paths):
@@ -64,7 +67,8 @@ def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarr
     faces, names = [], []
     for file in files:
         face = prepare_face(read_image(file), SourceItem(source_file=file.name,
-                                                         needs_detection=detect), spec)
+                                                         needs_detection=detect), spec,
+                            detector=detector)
         if face is None:
             print(f"note: {file}: no face found, skipped", file=sys.stderr)
             continue
@@ -77,10 +81,11 @@ def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarr
 
 def explain_images(trained: Trained, subject: Subject, paths: list[str], out: Path, *,
                    methods: list[str], target: str | None, detect: bool,
-                   options: ExplainOptions) -> dict:
+                   options: ExplainOptions, detector: str = AUTO) -> dict:
     """Maps of the faces in ``paths``: writes grid.png, maps.npy and maps.json to ``out``."""
     meta = trained.meta
-    faces, names = load_faces(paths, FaceSpec(meta.image_size, meta.channels), detect)
+    faces, names = load_faces(paths, FaceSpec(meta.image_size, meta.channels), detect,
+                              detector)
     targets = parse_targets(target, subject, methods)
     images = model_inputs(faces, meta.image_size, meta.channels)
     explained = explain_batch(subject, images, methods, targets, options)
@@ -129,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", help="predicted, all, or output names, comma-separated")
     p.add_argument("--detect", action="store_true",
                    help="crop the largest detected face (for whole photos)")
+    p.add_argument("--detector", choices=CHOICES, default=AUTO,
+                   help="face detector for --detect: haar, mtcnn (pip install "
+                        "'ray_fer[detect]'), auto = mtcnn if installed, else haar")
     p.add_argument("--layer", help="Grad-CAM layer (module path); default per model family")
     p.add_argument("--patch", type=int, default=8, help="occlusion patch side in px")
     p.add_argument("--stride", type=int, default=4, help="occlusion stride in px")
@@ -149,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"explain-{Path(args.checkpoint.rstrip('/')).name}")
     try:
         methods = parse_methods(args.method)
+        detector = resolve_detector(args.detector)
         trained = load_trained(args.checkpoint, endpoint=args.endpoint, device=args.device)
         meta = trained.meta
         subject = Subject(model=trained.model, family=meta.family, task=meta.task,
@@ -156,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.images:
             explain_images(trained, subject, args.images, out, methods=methods,
-                           target=args.target, detect=args.detect, options=options)
+                           target=args.target, detect=args.detect, options=options,
+                           detector=detector)
         if args.split:
             from ray_fer.train.loop import resolve_data_uri
 
