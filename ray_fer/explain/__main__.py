@@ -9,7 +9,10 @@ square) or, with ``--detect``, cropped around the largest face that ``--detector
 as ingestion does; written to ``--out``: ``grid.png`` (one row per image: the input, then a heat map
 and an overlay per column; columns per target with one method, per method with several),
 ``maps.npy`` (N, methods, targets, H, W) float32 and ``maps.json`` (what the axes are,
-predictions). ``--target``: ``predicted``, ``all`` or output names (comma-separated).
+predictions). An image in a folder named after one of a classifier's classes (as in
+``faces/happy/x.png``) has that class as its true label: the grid shows it above the
+prediction, which is green when right and red when wrong. ``--target``: ``predicted``,
+``all`` or output names (comma-separated).
 
 ``--split NAME`` adds the per-class average map over up to ``--per-class`` rows of each
 class of that split of ``--data`` (default: the run's data), each row's map taken for its
@@ -79,6 +82,12 @@ def load_faces(paths: list[str], spec: FaceSpec, detect: bool, detector: str = A
     return np.stack(faces), names
 
 
+def true_labels(paths: list[str], class_names: list[str]) -> list[str | None]:
+    """Per image, the class its folder is named after (case aside), else None."""
+    by_name = {name.casefold(): name for name in class_names}
+    return [by_name.get(Path(path).parent.name.casefold()) for path in paths]
+
+
 def explain_images(trained: Trained, subject: Subject, paths: list[str], out: Path, *,
                    methods: list[str], target: str | None, detect: bool,
                    options: ExplainOptions, detector: str = AUTO) -> dict:
@@ -86,18 +95,20 @@ def explain_images(trained: Trained, subject: Subject, paths: list[str], out: Pa
     meta = trained.meta
     faces, names = load_faces(paths, FaceSpec(meta.image_size, meta.channels), detect,
                               detector)
+    truth = true_labels(names, meta.class_names) if meta.task == "classify" else None
     targets = parse_targets(target, subject, methods)
     images = model_inputs(faces, meta.image_size, meta.channels)
     explained = explain_batch(subject, images, methods, targets, options)
     n, m, t, h, w = explained.maps.shape
     labels = explained.row_labels(subject)
     grid = saliency_grid(display_faces(images), explained.maps.reshape(n, m * t, h, w),
-                         explained.columns, row_labels=labels)
+                         explained.columns, row_labels=labels, true_labels=truth)
     np.save(out / "maps.npy", explained.maps)
     (out / "grid.png").write_bytes(png_bytes(grid))
     record = {"images": names, "methods": methods, "targets": targets,
               "axes": ["image", "method", "target", "y", "x"], "outputs": subject.outputs,
-              "scores": explained.scores.round(6).tolist(), "predictions": labels}
+              "scores": explained.scores.round(6).tolist(), "predictions": labels,
+              "true_labels": truth}
     (out / "maps.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
