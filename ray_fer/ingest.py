@@ -4,8 +4,10 @@ Pipeline: the reader lists every item (metadata only) → subject-independent k-
 assigned to the train split → a process pool decodes and prepares faces in ordered
 chunks → :class:`~ray_fer.data.shards.ShardWriter` streams them into shards → the
 manifest is written last. At most a few chunks are in flight, so memory stays bounded
-whatever the dataset size, and the output depends only on the source and the options
-(re-running gives byte-identical shards and manifest). Any failure leaves no manifest.
+whatever the dataset size, and the output depends only on the source, the options and
+the face detector (re-running gives byte-identical shards and manifest; ``--detector
+auto`` is MTCNN where the ``detect`` extra is installed, else Haar, and the manifest's
+``face_detection.detector`` names the one used). Any failure leaves no manifest.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ray_fer.data.detectors import AUTO, CHOICES, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
 from ray_fer.data.shards import FaceRow, Manifest, ShardWriter, invalidate
@@ -58,6 +61,7 @@ class _Job:
     reader: Reader
     root: Path
     spec: FaceSpec
+    detector: str
 
 
 def _prepare_chunk(job: _Job, items: Sequence[SourceItem]) -> tuple[np.ndarray, list[bool]]:
@@ -69,7 +73,7 @@ def _prepare_chunk(job: _Job, items: Sequence[SourceItem]) -> tuple[np.ndarray, 
     for item in items:
         image = job.reader.load(job.root, item)
         try:
-            face = prepare_face(image, item, job.spec)
+            face = prepare_face(image, item, job.spec, detector=job.detector)
         except DatasetFormatError:
             raise
         except ValueError as exc:  # e.g. an unsupported pixel type: name the file
@@ -215,7 +219,8 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
            channels: int | None = None, folds: int = 10, seed: int = 0,
            endpoint: str | None = None, workers: int | None = None,
            reader_options: dict | None = None, holdout: dict[str, int] | None = None,
-           val_from_train: float | None = None, progress: bool = True) -> Manifest:
+           val_from_train: float | None = None, detector: str = AUTO,
+           progress: bool = True) -> Manifest:
     """Ingest dataset ``source`` in layout ``format`` into face shards at ``out``.
 
     ``size``/``channels`` default to the dataset's native crop (48 px gray for FER2013,
@@ -225,11 +230,13 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     splits a dataset without official splits by class-stratified, seeded sampling.
     ``val_from_train`` (a fraction) carves the validation split out of the training rows
     and turns the official validation split into a held-out test split (:func:`_carved`).
+    ``detector`` (:data:`ray_fer.data.detectors.CHOICES`) finds the faces of whole photos.
     Raises :class:`DatasetFormatError`, :class:`StorageError`, :class:`ShardError` or
     ``ValueError`` with a message naming the file, column or endpoint; on any failure
     the prefix is left without a manifest.
     """
     _check_options(size, channels, folds, workers, val_from_train, holdout)
+    detector = resolve_detector(detector)
     try:
         reader = get_reader(format, **(reader_options or {}))
     except TypeError as exc:  # an option the format does not take, e.g. --class-map
@@ -259,7 +266,8 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
     fold_of, by = _fold_of_items(items, folds, seed)
     workers = min(workers or len(os.sched_getaffinity(0)), -(-len(items) // CHUNK))
     try:
-        return _write(reader, root, items, fold_of, class_names, spec, loc, workers=workers,
+        return _write(reader, root, items, fold_of, class_names, spec, detector, loc,
+                      workers=workers,
                       fold_info={"k": folds, "seed": seed, "by": by, "split": "train"},
                       split_source=split_source, progress=progress)
     except OSError as exc:  # storage errors not already named by the shard writer
@@ -268,13 +276,14 @@ def ingest(format: str, source: str | Path, out: str, *, size: int | None = None
 
 
 def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[int],
-           class_names: list[str], spec: FaceSpec, loc: Location, *, workers: int,
+           class_names: list[str], spec: FaceSpec, detector: str, loc: Location, *,
+           workers: int,
            fold_info: dict, split_source: dict[str, str], progress: bool) -> Manifest:
     from tqdm import tqdm
 
     writer = ShardWriter(loc, (spec.size, spec.size, spec.channels), class_names)
     chunks = _chunks(len(items), CHUNK)
-    job = _Job(reader=reader, root=root, spec=spec)
+    job = _Job(reader=reader, root=root, spec=spec, detector=detector)
     results = _ordered_map(partial(_prepare_chunk, job), [[items[i] for i in c] for c in chunks],
                            workers)
     no_face: list[str] = []
@@ -284,6 +293,8 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
     # can come back "no face"; already-cropped images are kept whole.
     attempted = sum(item.needs_detection or item.box is not None or item.landmarks is not None
                     for item in items)
+    detected = any(item.needs_detection and item.box is None and not item.landmarks
+                   for item in items)
     with contextlib.closing(results), tqdm(
             total=len(items), unit="face", desc=f"ingest {reader.dataset}",
             disable=not progress, file=sys.stderr) as bar:
@@ -312,7 +323,7 @@ def _write(reader: Reader, root: Path, items: list[SourceItem], fold_of: list[in
         # Readers that derive V/A from ratings say so; every report must carry it on.
         targets=getattr(reader, "targets_note", dict)(),
         face_detection={"attempted": attempted, "found": attempted - len(no_face),
-                        "failed": no_face},
+                        "failed": no_face, **({"detector": detector} if detected else {})},
     )
 
 
@@ -366,6 +377,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
     p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
+    p.add_argument("--detector", choices=CHOICES, default=AUTO,
+                   help="face detector for whole photos: haar (OpenCV, always there), mtcnn "
+                        "(pip install 'ray_fer[detect]'), auto = mtcnn if installed, else haar")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -378,7 +392,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         manifest = ingest(
             args.format, args.source, args.out, size=args.size, channels=args.channels,
             folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,
-            reader_options=options, progress=not args.no_progress,
+            reader_options=options, detector=args.detector, progress=not args.no_progress,
             holdout=_parse_holdout(args.holdout) if args.holdout else None,
             val_from_train=args.val_from_train,
         )
@@ -396,7 +410,8 @@ def _summary(manifest: Manifest, out: str) -> str:
     h, w, c = manifest.image_shape
     splits = ", ".join(f"{s} {sum(n.values())}" for s, n in manifest.counts.items())
     fd = manifest.face_detection
-    detect = f"; faces found {fd['found']}/{fd['attempted']}" if fd.get("attempted") else ""
+    by = f" by {fd['detector']}" if fd.get("detector") else ""
+    detect = f"; faces found{by} {fd['found']}/{fd['attempted']}" if fd.get("attempted") else ""
     return (
         f"wrote {manifest.num_rows} faces ({h}x{w}x{c}) in {len(manifest.shards)} shard(s) "
         f"to {out}: {splits}{detect}; skipped {len(manifest.skipped)}"

@@ -2,8 +2,10 @@
 
 ``<model>`` is a checkpoint folder (local or s3://), or a file written by
 ``python -m ray_fer.export``: ``.onnx`` (run with onnxruntime) or ``.pt`` (TorchScript).
-Every face in each photo is found with the detector ingestion uses
-(:func:`ray_fer.data.faces.detect_faces`), cropped and converted exactly as ingestion
+Every face in each photo is found with a detector of :mod:`ray_fer.data.detectors`
+(``--detector``: ``haar``, ``mtcnn`` with the ``detect`` extra, or ``auto``, the default:
+mtcnn where installed, else haar; use the one the training data were ingested with, named
+in their manifest), cropped and converted exactly as ingestion
 crops a detected face (:func:`ray_fer.data.faces.prepare_face`: a square of side
 1.25 x the box, edge-replicated at borders), resized to the model's input, normalised as
 in training, and scored: class probabilities for classifiers, valence and arousal for
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 
 from ray_fer.config import ConfigError
-from ray_fer.data.faces import MIN_FACE, FaceSpec, detect_faces, prepare_face
+from ray_fer.data.detectors import AUTO, CHOICES, MIN_FACE, get_detector, resolve_detector
+from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
 from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
@@ -158,10 +161,11 @@ def face_record(meta: ModelMeta, box: tuple[int, int, int, int], scores: np.ndar
     return record
 
 
-def predict_image(predictor: Predictor, image: np.ndarray, *, min_face: float = MIN_FACE
-                  ) -> list[dict]:
-    """Records of every face found in ``image`` (uint8 gray or RGB), largest first."""
-    boxes = detect_faces(image, min_face=min_face)
+def predict_image(predictor: Predictor, image: np.ndarray, *, min_face: float = MIN_FACE,
+                  detector: str = AUTO) -> list[dict]:
+    """Records of every face that ``detector`` finds in ``image`` (uint8 gray or RGB),
+    largest first."""
+    boxes = get_detector(detector)(image, min_face=min_face)
     if not boxes:
         return []
     spec = predictor.spec
@@ -265,8 +269,10 @@ def video_frames(path: Path, rate: float) -> Iterator[tuple[int, float, np.ndarr
 
 @dataclass
 class Summary:
-    """Counts of a run: images or frames, faces, those without a face, unreadable files."""
+    """Counts of a run: images or frames, faces, those without a face, unreadable files,
+    and the face detector that found them."""
 
+    detector: str = ""
     images: int = 0
     faces: int = 0
     no_face: int = 0
@@ -304,7 +310,7 @@ class _Output:
 
 
 def _image_job(predictor: Predictor, output: _Output, path: Path, relative: Path,
-               min_face: float, strict: bool) -> None:
+               min_face: float, detector: str, strict: bool) -> None:
     try:
         image = read_image(path)
     except PredictError as exc:
@@ -312,14 +318,14 @@ def _image_job(predictor: Predictor, output: _Output, path: Path, relative: Path
             raise
         output.record({"source": str(path), "error": str(exc)}, None, [])
         return
-    faces = predict_image(predictor, image, min_face=min_face)
+    faces = predict_image(predictor, image, min_face=min_face, detector=detector)
     output.record({"source": str(path)}, image, faces)
     if output.annotate:
         output.save_image(relative.with_suffix(".png"), annotate(image, faces))
 
 
 def _video_job(predictor: Predictor, output: _Output, path: Path, rate: float,
-               min_face: float, progress: bool) -> None:
+               min_face: float, detector: str, progress: bool) -> None:
     from tqdm import tqdm
 
     writer = None
@@ -327,7 +333,7 @@ def _video_job(predictor: Predictor, output: _Output, path: Path, rate: float,
     try:
         for index, seconds, frame in tqdm(video_frames(path, rate), desc=path.name,
                                           unit="frame", disable=not progress):
-            faces = predict_image(predictor, frame, min_face=min_face)
+            faces = predict_image(predictor, frame, min_face=min_face, detector=detector)
             output.record({"source": str(path), "frame": index, "time_s": round(seconds, 4)},
                           frame, faces)
             if output.annotate:
@@ -342,8 +348,9 @@ def _video_job(predictor: Predictor, output: _Output, path: Path, rate: float,
 
 
 def predict(model: str, source: str | Path, out: str | Path, *, rate: float = 1.0,
-            min_face: float = MIN_FACE, annotate_images: bool = True, device: str = "cpu",
-            endpoint: str | None = None, progress: bool = True) -> Summary:
+            min_face: float = MIN_FACE, detector: str = AUTO, annotate_images: bool = True,
+            device: str = "cpu", endpoint: str | None = None, progress: bool = True
+            ) -> Summary:
     """Predict every face in an image, the images of a folder, or a video's frames.
 
     Writes ``predictions.jsonl`` (and annotated copies) under ``out``. Raises
@@ -354,6 +361,7 @@ def predict(model: str, source: str | Path, out: str | Path, *, rate: float = 1.
     if not 0 < min_face <= 1:
         raise PredictError(f"--min-face must be in (0, 1] (a fraction of the image's shorter "
                            f"side), got {min_face}")
+    detector = resolve_detector(detector)
     source = Path(source)
     if not source.exists():
         raise PredictError(f"{source}: no such file or folder")
@@ -367,16 +375,17 @@ def predict(model: str, source: str | Path, out: str | Path, *, rate: float = 1.
         jobs = [source]
     predictor = load_predictor(model, device=device, endpoint=endpoint)
     output = _Output(Path(out), annotate_images)
+    output.summary.detector = detector
     try:
         if jobs is None:
-            _video_job(predictor, output, source, rate, min_face, progress)
+            _video_job(predictor, output, source, rate, min_face, detector, progress)
         else:
             from tqdm import tqdm
 
             root = source if source.is_dir() else source.parent
             for path in tqdm(jobs, desc="images", unit="img", disable=not progress):
                 _image_job(predictor, output, path, path.relative_to(root), min_face,
-                           strict=not source.is_dir())
+                           detector, strict=not source.is_dir())
     finally:
         output.close()
     return output.summary
@@ -392,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="video: frames per second to predict (default 1)")
     p.add_argument("--min-face", type=float, default=MIN_FACE,
                    help="smallest face sought, as a fraction of the image's shorter side")
+    p.add_argument("--detector", choices=CHOICES, default=AUTO,
+                   help="face detector: haar (OpenCV, always there), mtcnn (pip install "
+                        "'ray_fer[detect]'), auto = mtcnn if installed, else haar (default)")
     p.add_argument("--no-annotate", action="store_true", help="write JSON lines only")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
@@ -399,12 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         summary = predict(args.model, args.source, args.out, rate=args.rate,
-                          min_face=args.min_face, annotate_images=not args.no_annotate,
+                          min_face=args.min_face, detector=args.detector,
+                          annotate_images=not args.no_annotate,
                           device=args.device, endpoint=args.endpoint,
                           progress=not args.quiet and sys.stderr.isatty())
     except (UserError, ValueError) as exc:  # also unreadable model descriptions
         return print_error(exc)
-    print(f"{summary.images} image(s)/frame(s), {summary.faces} face(s), "
+    print(f"{summary.images} image(s)/frame(s), {summary.faces} face(s) by {summary.detector}, "
           f"{summary.no_face} without a face, {summary.errors} unreadable; "
           f"wrote {os.path.join(args.out, PREDICTIONS_FILE)}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.fs as pafs
 import pytest
 import ray
@@ -57,6 +58,18 @@ def test_cli_writes_metrics_confusion_and_tta(trained, tmp_path):
     assert sum(map(sum, record["matrix"])) == 256
     assert record["classes"] == metrics["class_names"]
     assert (out / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert metrics["method"] == "deep_emotion"
+
+
+def test_the_confusion_title_names_model_checkpoint_split_and_accuracy():
+    metrics = {"method": "deep_emotion", "checkpoint": "s3://b/runs/de-l2/checkpoint_epoch-0009/",
+               "epoch": 9, "split": "test", "fold": None}
+    confusion = np.array([[3, 1], [0, 4]])
+    assert ev.confusion_title(metrics, confusion) == (
+        "deep_emotion · de-l2/checkpoint_epoch-0009 (epoch 9)\n"
+        "split test · accuracy 87.5% · 8 faces")
+    fold = ev.confusion_title({**metrics, "fold": 3}, confusion)
+    assert fold.splitlines()[1].startswith("fold 3 of the training splits · accuracy 87.5%")
 
 
 def test_tencrop_changes_the_views_not_the_row_count(trained):

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from support.s3 import free_ports
 
+from ray_fer.data.detectors import mtcnn_installed, resolve_detector
 from ray_fer.data.formats import DatasetFormatError
 from ray_fer.data.shards import MANIFEST, ShardError, decode_images, read_manifest, verify_shards
 from ray_fer.ingest import ingest, main
@@ -254,21 +255,56 @@ def test_cli_module_writes_shards_and_a_summary(tmp_path):
     assert manifest.folds["subjects_per_fold"] == [1, 1, 1, 1]
 
 
-def test_faces_not_found_are_listed_not_dropped_silently(real_dataset, tmp_path):
-    jaffe = real_dataset("jaffe")
+@pytest.fixture
+def photos_with_blanks(real_dataset, tmp_path) -> Path:
+    """A class folder of three JAFFE photos and two blank images."""
     source = tmp_path / "photos"
     (source / "happy").mkdir(parents=True)
-    for photo in sorted(jaffe.glob("*.HA1.*.tiff"))[:3]:
+    for photo in sorted(real_dataset("jaffe").glob("*.HA1.*.tiff"))[:3]:
         shutil.copy(photo, source / "happy" / photo.name)
     for i in range(2):
         assert cv2.imwrite(str(source / "happy" / f"blank{i}.png"),
                            np.full((256, 256), 128, np.uint8))
-    manifest = ingest("class-folders", source, str(tmp_path / "out"), folds=1,
-                      reader_options={"needs_detection": True}, progress=False)
+    return source
+
+
+@pytest.mark.parametrize("detector", ["haar", pytest.param("mtcnn", marks=pytest.mark.skipif(
+    not mtcnn_installed(), reason="facenet-pytorch not installed (extra 'detect')"))])
+def test_faces_not_found_are_listed_not_dropped_silently(photos_with_blanks, tmp_path,
+                                                         detector):
+    manifest = ingest("class-folders", photos_with_blanks, str(tmp_path / "out"), folds=1,
+                      reader_options={"needs_detection": True}, detector=detector,
+                      progress=False)
     failed = ["happy/blank0.png", "happy/blank1.png"]
-    assert manifest.face_detection == {"attempted": 5, "found": 3, "failed": failed}
+    assert manifest.face_detection == {"attempted": 5, "found": 3, "failed": failed,
+                                       "detector": detector}
     assert manifest.skipped == [{"file": f, "reason": "no face found"} for f in failed]
     assert manifest.num_rows == 3 and manifest.image_shape == [64, 64, 3]
+
+
+def test_the_detector_auto_chose_is_named_in_the_manifest_and_summary(real_dataset, tmp_path):
+    source = tmp_path / "jaffe"
+    source.mkdir()
+    for photo in sorted(real_dataset("jaffe").glob("*.tiff"))[::40]:
+        shutil.copy(photo, source / photo.name)
+    done = subprocess.run(
+        [sys.executable, "-m", "ray_fer.ingest", "jaffe", str(source), "--out",
+         str(tmp_path / "out"), "--folds", "1", "--workers", "1", "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    chosen = resolve_detector("auto")
+    assert f"faces found by {chosen} 6/6" in done.stdout
+    assert read_manifest(resolve(tmp_path / "out")).face_detection["detector"] == chosen
+
+
+def test_mtcnn_without_its_package_fails_before_any_work(photos_with_blanks, tmp_path, capsys,
+                                                         monkeypatch):
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
+    code, err = run_cli(capsys, "class-folders", str(photos_with_blanks), "--out",
+                        str(tmp_path / "out"), "--detector", "mtcnn")
+    assert code == 1 and "pip install 'ray_fer[detect]'" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_class_map_file_renames_class_folders(tmp_path, capsys):

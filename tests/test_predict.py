@@ -4,6 +4,7 @@ cropped as ingestion crops them; folders, videos, no-face images and clear error
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 from support.trained import train_checkpoint
 
+from ray_fer.data.detectors import mtcnn_installed
 from ray_fer.data.faces import prepare_face
 from ray_fer.data.formats.base import SourceItem, decode_image
 from ray_fer.predict import (
@@ -143,3 +145,25 @@ def test_a_folder_run_lists_no_file_a_symlink_leads_out_of_the_folder_to(tmp_pat
     (inside / "nested").symlink_to(outside, target_is_directory=True)
     (inside / "c.png").symlink_to(inside / "a.png")  # stays inside: listed
     assert list_images(inside) == [inside / "a.png", inside / "c.png"]
+
+
+@pytest.mark.parametrize("detector", ["haar", pytest.param("mtcnn", marks=pytest.mark.skipif(
+    not mtcnn_installed(), reason="facenet-pytorch not installed (extra 'detect')"))])
+def test_the_chosen_detector_finds_the_faces_and_is_named(checkpoint, photos, tmp_path, capsys,
+                                                          detector):
+    code = main([checkpoint, str(photos[0]), "--out", str(tmp_path / "out"), "--detector",
+                 detector, "--no-annotate"])
+    assert code == 0
+    assert f"1 face(s) by {detector}" in capsys.readouterr().out
+    (line,) = (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()
+    assert len(json.loads(line)["faces"]) == 1
+
+
+def test_mtcnn_without_its_package_is_one_error_line(checkpoint, photos, tmp_path, capsys,
+                                                      monkeypatch):
+    monkeypatch.setitem(sys.modules, "facenet_pytorch", None)
+    code = main([checkpoint, str(photos[0]), "--out", str(tmp_path / "out"), "--detector",
+                 "mtcnn"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "pip install 'ray_fer[detect]'" in err
+    assert not (tmp_path / "out").exists()

@@ -3,8 +3,8 @@
 :func:`prepare_face` turns one decoded image and its :class:`SourceItem` into the stored
 face: the crop comes from the item's known box, else the bounding box of its landmarks,
 else a detected face (when the item says the image is a whole photo), else the whole
-image. :func:`detect_faces` is OpenCV's bundled Haar cascade detector, kept for reuse
-by prediction on photos.
+image. Detectors are :mod:`ray_fer.data.detectors`' (Haar cascades, or MTCNN with the
+``detect`` extra); prediction on photos uses the same ones.
 
 Crop geometry: a square of side ``max(w, h) * (1 + margin)`` centred on the box. Where
 it reaches past the image border the missing part is filled by edge replication, not a
@@ -15,7 +15,6 @@ replicated edges keep the local statistics of the image.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,25 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ray_fer.data.detectors import AUTO, check_image, get_detector
 from ray_fer.data.formats.base import SourceItem
-
-Box = tuple[int, int, int, int]
-
-#: Smallest face sought, as a fraction of the image's shorter side. The images are
-#: searched at a resolution where this size maps to the cascades' ~24 px window, which
-#: bounds the cost of a detection whatever the photo's size.
-MIN_FACE = 0.2
-_WINDOW_PX = 26
-#: Detection passes, tried in order until one finds a face: (cascade file, scaleFactor,
-#: minNeighbors, border added around the image as a fraction of its side). The first is
-#: quick (coarse scale steps); the second, run only where it finds nothing, searches
-#: finer scales with the alt2 cascade and fewer neighbours, on a padded image so that
-#: faces filling the frame fit the detector's window. Chosen on JAFFE and the Taiwanese
-#: set: found in 213/213 and 1231/1232 images (the first pass alone: 1228/1232).
-_PASSES = (
-    ("haarcascade_frontalface_default.xml", 1.2, 5, 0.0),
-    ("haarcascade_frontalface_alt2.xml", 1.1, 3, 0.1),
-)
 
 
 @dataclass(frozen=True)
@@ -65,22 +47,24 @@ class FaceSpec:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
 
 
-def prepare_face(image: np.ndarray, item: SourceItem, spec: FaceSpec) -> np.ndarray | None:
+def prepare_face(image: np.ndarray, item: SourceItem, spec: FaceSpec, *,
+                 detector: str = AUTO) -> np.ndarray | None:
     """The face of ``item`` in ``image`` as a (size, size, channels) uint8 array.
 
     The box is ``item.box``, else the bounding box of ``item.landmarks``, else the largest
-    detected face when ``item.needs_detection``, else the whole image (kept whole: a
+    face that ``detector`` (:data:`ray_fer.data.detectors.CHOICES`) finds when
+    ``item.needs_detection``, else the whole image (kept whole: a
     non-square image is padded to a square, not cropped). Returns None when no face is
     found or the given box lies entirely outside the image.
     """
-    image = _check_image(image)
+    image = check_image(image)
     h, w = image.shape[:2]
     if item.box is not None:
         crop = square_crop(image, item.box, spec.margin)
     elif item.landmarks:
         crop = square_crop(image, landmarks_box(item.landmarks), spec.margin)
     elif item.needs_detection:
-        faces = detect_faces(image)
+        faces = get_detector(detector)(image)
         if not faces:
             return None
         crop = square_crop(image, faces[0], spec.margin)
@@ -126,70 +110,6 @@ def square_crop(
     if top or bottom or left or right:
         crop = cv2.copyMakeBorder(crop, top, bottom, left, right, cv2.BORDER_REPLICATE)
     return crop
-
-
-def detect_faces(image: np.ndarray, *, min_face: float = MIN_FACE) -> list[Box]:
-    """Faces in ``image`` (uint8 gray or RGB) as (x, y, w, h) boxes, largest first.
-
-    Faces smaller than ``min_face`` times the image's shorter side are not sought. The
-    image is searched at reduced resolution (see :data:`MIN_FACE`) after histogram
-    equalisation; a second, more permissive pass runs only when the first finds nothing.
-    """
-    if not 0 < min_face <= 1:
-        raise ValueError(f"min_face must be in (0, 1], got {min_face}")
-    gray = _check_image(image)
-    if gray.ndim == 3:
-        gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
-    short = min(gray.shape)
-    scale = min(1.0, _WINDOW_PX / (min_face * short))
-    if scale < 1.0:
-        gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    gray = cv2.equalizeHist(gray)
-    min_px = max(1, round(min_face * min(gray.shape)))
-    for name, scale_factor, neighbours, border in _PASSES:
-        pad = round(border * max(gray.shape))
-        searched = (
-            cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else gray
-        )
-        found = _cascade(name).detectMultiScale(
-            searched, scaleFactor=scale_factor, minNeighbors=neighbours,
-            minSize=(min_px, min_px),
-        )
-        if len(found):
-            boxes = [
-                (round((x - pad) / scale), round((y - pad) / scale), round(w / scale),
-                 round(h / scale))
-                for x, y, w, h in found
-            ]
-            return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
-    return []
-
-
-@functools.cache
-def _cascade(name: str) -> cv2.CascadeClassifier:
-    """One loaded cascade per process (loading parses a large XML file)."""
-    if not hasattr(cv2, "CascadeClassifier") or not hasattr(cv2, "data"):
-        raise RuntimeError(
-            f"OpenCV {cv2.__version__} has no Haar cascades (removed in OpenCV 5); "
-            "install opencv-python-headless<5"
-        )
-    path = cv2.data.haarcascades + name
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise RuntimeError(f"{path}: cannot load OpenCV's face cascade; reinstall opencv")
-    return cascade
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if image.dtype != np.uint8:
-        raise ValueError(f"face images must be uint8, got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3):
-        if min(image.shape[:2]) < 1:
-            raise ValueError(f"empty image of shape {image.shape}")
-        return image
-    raise ValueError(f"face images must be HxW gray or HxWx3 RGB, got shape {image.shape}")
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:

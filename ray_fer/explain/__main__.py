@@ -5,11 +5,14 @@ or arousal). Methods: ``occlusion`` (``--patch``, ``--stride``, ``--fill``), ``g
 (``--layer``, default per model family), ``guided_backprop``, ``guided_gradcam``.
 
 ``--images`` (files or folders) are read as face crops (the whole image, padded to a
-square) or, with ``--detect``, cropped around the largest detected face as ingestion
-does; written to ``--out``: ``grid.png`` (one row per image: the input, then a heat map
+square) or, with ``--detect``, cropped around the largest face that ``--detector`` finds,
+as ingestion does; written to ``--out``: ``grid.png`` (one row per image: the input, then a heat map
 and an overlay per column; columns per target with one method, per method with several),
 ``maps.npy`` (N, methods, targets, H, W) float32 and ``maps.json`` (what the axes are,
-predictions). ``--target``: ``predicted``, ``all`` or output names (comma-separated).
+predictions). An image in a folder named after one of a classifier's classes (as in
+``faces/happy/x.png``) has that class as its true label: the grid shows it above the
+prediction, which is green when right and red when wrong. ``--target``: ``predicted``,
+``all`` or output names (comma-separated).
 
 ``--split NAME`` adds the per-class average map over up to ``--per-class`` rows of each
 class of that split of ``--data`` (default: the run's data), each row's map taken for its
@@ -28,6 +31,7 @@ import numpy as np
 import torch
 
 from ray_fer.config import ConfigError
+from ray_fer.data.detectors import AUTO, CHOICES, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import SourceItem
 from ray_fer.data.shards import read_split_faces
@@ -48,10 +52,12 @@ from ray_fer.predict import PredictError, list_images, read_image
 from ray_fer.reports.saliency import class_average_grid, png_bytes, saliency_grid
 
 
-def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarray, list[str]]:
+def load_faces(paths: list[str], spec: FaceSpec, detect: bool, detector: str = AUTO
+               ) -> tuple[np.ndarray, list[str]]:
     """Faces (N, size, size, channels) of the given files and folders, and their paths.
 
-    Images where ``detect`` finds no face are left out with a note on stderr.
+    With ``detect``, images where ``detector`` finds no face are left out with a note on
+    stderr.
     """
     files: list[Path] = []
     for path in map(Path, paths):
@@ -64,7 +70,8 @@ def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarr
     faces, names = [], []
     for file in files:
         face = prepare_face(read_image(file), SourceItem(source_file=file.name,
-                                                         needs_detection=detect), spec)
+                                                         needs_detection=detect), spec,
+                            detector=detector)
         if face is None:
             print(f"note: {file}: no face found, skipped", file=sys.stderr)
             continue
@@ -75,24 +82,33 @@ def load_faces(paths: list[str], spec: FaceSpec, detect: bool) -> tuple[np.ndarr
     return np.stack(faces), names
 
 
+def true_labels(paths: list[str], class_names: list[str]) -> list[str | None]:
+    """Per image, the class its folder is named after (case aside), else None."""
+    by_name = {name.casefold(): name for name in class_names}
+    return [by_name.get(Path(path).parent.name.casefold()) for path in paths]
+
+
 def explain_images(trained: Trained, subject: Subject, paths: list[str], out: Path, *,
                    methods: list[str], target: str | None, detect: bool,
-                   options: ExplainOptions) -> dict:
+                   options: ExplainOptions, detector: str = AUTO) -> dict:
     """Maps of the faces in ``paths``: writes grid.png, maps.npy and maps.json to ``out``."""
     meta = trained.meta
-    faces, names = load_faces(paths, FaceSpec(meta.image_size, meta.channels), detect)
+    faces, names = load_faces(paths, FaceSpec(meta.image_size, meta.channels), detect,
+                              detector)
+    truth = true_labels(names, meta.class_names) if meta.task == "classify" else None
     targets = parse_targets(target, subject, methods)
     images = model_inputs(faces, meta.image_size, meta.channels)
     explained = explain_batch(subject, images, methods, targets, options)
     n, m, t, h, w = explained.maps.shape
     labels = explained.row_labels(subject)
     grid = saliency_grid(display_faces(images), explained.maps.reshape(n, m * t, h, w),
-                         explained.columns, row_labels=labels)
+                         explained.columns, row_labels=labels, true_labels=truth)
     np.save(out / "maps.npy", explained.maps)
     (out / "grid.png").write_bytes(png_bytes(grid))
     record = {"images": names, "methods": methods, "targets": targets,
               "axes": ["image", "method", "target", "y", "x"], "outputs": subject.outputs,
-              "scores": explained.scores.round(6).tolist(), "predictions": labels}
+              "scores": explained.scores.round(6).tolist(), "predictions": labels,
+              "true_labels": truth}
     (out / "maps.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
 
@@ -129,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", help="predicted, all, or output names, comma-separated")
     p.add_argument("--detect", action="store_true",
                    help="crop the largest detected face (for whole photos)")
+    p.add_argument("--detector", choices=CHOICES, default=AUTO,
+                   help="face detector for --detect: haar, mtcnn (pip install "
+                        "'ray_fer[detect]'), auto = mtcnn if installed, else haar")
     p.add_argument("--layer", help="Grad-CAM layer (module path); default per model family")
     p.add_argument("--patch", type=int, default=8, help="occlusion patch side in px")
     p.add_argument("--stride", type=int, default=4, help="occlusion stride in px")
@@ -149,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"explain-{Path(args.checkpoint.rstrip('/')).name}")
     try:
         methods = parse_methods(args.method)
+        detector = resolve_detector(args.detector)
         trained = load_trained(args.checkpoint, endpoint=args.endpoint, device=args.device)
         meta = trained.meta
         subject = Subject(model=trained.model, family=meta.family, task=meta.task,
@@ -156,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         if args.images:
             explain_images(trained, subject, args.images, out, methods=methods,
-                           target=args.target, detect=args.detect, options=options)
+                           target=args.target, detect=args.detect, options=options,
+                           detector=detector)
         if args.split:
             from ray_fer.train.loop import resolve_data_uri
 

@@ -231,14 +231,15 @@ def class_average(subject: Subject, faces: np.ndarray, labels: np.ndarray,
 def explain_to_tensorboard(writer, model: nn.Module, images: torch.Tensor, step: int, *,
                            model_name: str, class_names: Sequence[str],
                            methods: Sequence[str] = ("gradcam", "guided_gradcam"),
-                           tag: str = "explain", options: ExplainOptions | None = None
-                           ) -> Explained:
+                           tag: str = "explain", options: ExplainOptions | None = None,
+                           labels: Sequence[int] | None = None) -> Explained:
     """Write a grid of ``methods``' maps of ``images`` to TensorBoard at ``step``.
 
     ``writer`` is a ``torch.utils.tensorboard.SummaryWriter``; ``images`` are normalised
     faces (N, C, H, W) as the model takes them (a fixed validation batch, say). Columns:
     the methods on the predicted class (classifiers) or on valence and arousal (V/A).
-    The model is put in eval mode and left there; returns the maps.
+    ``labels`` (class indices of ``images``), where given, are shown as each face's true
+    class. The model is put in eval mode and left there; returns the maps.
     """
     from ray_fer.reports.saliency import saliency_grid
 
@@ -248,7 +249,9 @@ def explain_to_tensorboard(writer, model: nn.Module, images: torch.Tensor, step:
     targets = parse_targets(None if subject.task == "va" else PREDICTED, subject, methods)
     explained = explain_batch(subject, images, methods, targets, options)
     n, m, t, h, w = explained.maps.shape
+    truth = None if labels is None else [class_names[int(c)] for c in labels]
     grid = saliency_grid(display_faces(images), explained.maps.reshape(n, m * t, h, w),
-                         explained.columns, row_labels=explained.row_labels(subject))
+                         explained.columns, row_labels=explained.row_labels(subject),
+                         true_labels=truth if subject.task == "classify" else None)
     writer.add_image(tag, grid, step, dataformats="HWC")
     return explained

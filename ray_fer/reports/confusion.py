@@ -18,8 +18,17 @@ def confusion_record(confusion: np.ndarray, class_names: Sequence[str]) -> dict:
             "matrix": [[int(round(v)) for v in row] for row in cm.tolist()]}
 
 
+def confusion_summary(confusion: np.ndarray) -> str:
+    """``accuracy 71.2% · 3,589 faces`` of a confusion matrix, for figure titles."""
+    cm = np.asarray(confusion)
+    total = int(round(cm.sum()))
+    accuracy = f"{float(np.trace(cm)) / total:.1%}" if total else "n/a"
+    return f"accuracy {accuracy} · {total:,} faces"
+
+
 def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str = "") -> bytes:
-    """PNG bytes: row-normalised colours (recall per class), raw counts written in cells."""
+    """PNG bytes: row-normalised colours (recall per class), raw counts written in cells;
+    ``title`` may hold several lines (what was evaluated, and how well)."""
     plt = pyplot()
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(axis=1, keepdims=True)
@@ -38,5 +47,5 @@ def plot_confusion(confusion: np.ndarray, class_names: Sequence[str], title: str
             ax.text(j, i, f"{int(round(cm[i, j]))}", ha="center", va="center", fontsize=8,
                     color="white" if share[i, j] > 0.5 else "black")
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     return png_bytes(fig, dpi=110)

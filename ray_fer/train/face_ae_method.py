@@ -314,7 +314,8 @@ def write_va_grid(cfg: Config, checkpoint: str, run: Location) -> None:
     face = _first_face(cfg, info)
     grid = render_va_grid(ae, face)
     png = va_grid_png(face, grid, FIGURE_VALENCES, FIGURE_AROUSALS,
-                      title=f"{cfg.run.name}: one face over valence x arousal")
+                      title=f"{cfg.run.name} · {checkpoint.rstrip('/').rsplit('/', 1)[-1]}: "
+                            "one face over valence x arousal")
     _write(run, "va_grid.png", png)
     _tensorboard_image(run, "va_grid", va_grid_mosaic(grid), cfg.train.epochs)
 

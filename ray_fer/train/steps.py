@@ -313,12 +313,14 @@ def _classify_summarize(sums: Sums, prefix: str, info: DataInfo) -> dict[str, fl
 
 
 def _classify_figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
-    from ray_fer.reports.confusion import plot_confusion
+    from ray_fer.reports.confusion import confusion_summary, plot_confusion
 
     if "confusion" not in sums:
         return {}
-    return {"confusion": plot_confusion(sums["confusion"].cpu().numpy(), info.class_names,
-                                        title="validation, best epoch")}
+    confusion = sums["confusion"].cpu().numpy()
+    return {"confusion": plot_confusion(
+        confusion, info.class_names,
+        title=f"validation, best epoch · {confusion_summary(confusion)}")}
 
 
 def check_model_options(cfg: Config) -> None:

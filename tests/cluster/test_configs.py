@@ -1,4 +1,5 @@
-"""The cluster configs, checked offline: Ray's own schema and validation, then our rules.
+"""The cluster configs, checked offline: Ray's own schema and validation, then our rules,
+and that what each installs exists once the checkout is built as cluster/README.md says.
 
 No cloud call: ``prepare_config`` only merges the AWS defaults file shipped with Ray.
 """
@@ -7,6 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -73,13 +79,25 @@ def test_aws_ports_are_closed_to_the_world(aws):
     assert "--dashboard-host=127.0.0.1" in head_start
     for commands in (aws["head_start_ray_commands"], aws["worker_start_ray_commands"]):
         assert "RAY_AUTH_MODE=token" in " ".join(commands)
-    assert aws["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
+    assert aws["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
 
 
-def test_aws_setup_installs_a_pinned_ray_fer_and_ray(aws):
-    setup = " ".join(aws["setup_commands"])
-    assert re.search(r"ray_fer(==\d+\.\d+\.\d+| @ git\+\S+@v?\d)", setup), setup
-    assert f"=={ray.__version__}" in setup
+def _wheel_mount(aws: dict) -> tuple[str, str]:
+    """(remote, local) of the one ray_fer wheel that aws.yaml mounts."""
+    (mount,) = [(remote, local) for remote, local in aws["file_mounts"].items()
+                if remote.endswith(".whl")]
+    return mount
+
+
+def test_aws_nodes_install_the_wheel_of_the_checkout_and_the_pinned_ray(aws):
+    remote, local = _wheel_mount(prepare_config(aws))
+    assert local.startswith("dist/ray_fer-") and Path(local).name == Path(remote).name
+    setup = aws["setup_commands"]
+    assert remote in setup[0] and f'"ray[default,tune,train,data]=={ray.__version__}"' in setup[0]
+    # A wheel rebuilt from changed code keeps its version: it must replace the installed one.
+    assert setup[1].split() == ["python", "-m", "pip", "install", "--quiet", "--no-deps",
+                                "--force-reinstall", remote]
+    assert "ray_fer==" not in " ".join(setup)  # ray_fer is on no package index
 
 
 def _kind(docs: list[dict], kind: str) -> dict:
@@ -89,6 +107,31 @@ def _kind(docs: list[dict], kind: str) -> dict:
 
 def _containers(group: dict) -> list[dict]:
     return group["template"]["spec"]["containers"]
+
+
+def _dockerfile() -> tuple[list[str], list[tuple[str, str]]]:
+    """cluster/Dockerfile's ARG defaults and FROM lines, and its COPY (source, destination)
+    pairs."""
+    lines = (CLUSTER / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    words = [line.split() for line in lines if line.strip() and not line.startswith("#")]
+    bases = [w[1] for w in words if w[0] in ("ARG", "FROM")]
+    copies = [(w[1], w[2]) for w in words if w[0] == "COPY"]
+    return bases, copies
+
+
+def test_kuberay_pods_run_the_image_of_the_checkout_on_the_pinned_ray(kuberay):
+    spec = _kind(kuberay, "RayCluster")["spec"]
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    head = _containers(spec["headGroupSpec"])[0]["image"]
+    gpu, cpu = (_containers(groups[name])[0]["image"] for name in ("gpu", "cpu"))
+    assert "/ray-fer:" in head and cpu == head and gpu == head + "-gpu"
+    assert not head.endswith(":latest")
+    bases, _ = _dockerfile()
+    assert bases[0] == f"BASE=rayproject/ray:{ray.__version__}-py311"
+    assert f"BASE=rayproject/ray:{ray.__version__}-py311-gpu" in (CLUSTER / "Dockerfile"
+                                                                   ).read_text()
+    job = _kind(kuberay, "RayJob")["spec"]
+    assert "runtimeEnvYAML" not in job  # no pip install of ray_fer, which no index has
 
 
 def test_kuberay_cluster_has_what_the_autoscaler_needs(kuberay):
@@ -104,9 +147,6 @@ def test_kuberay_cluster_has_what_the_autoscaler_needs(kuberay):
         assert isinstance(group["rayStartParams"], dict)
     gpu = _containers(groups["gpu"])[0]["resources"]
     assert gpu["limits"]["nvidia.com/gpu"] == gpu["requests"]["nvidia.com/gpu"] == "1"
-    images = [c["image"] for g in [spec["headGroupSpec"], *groups.values()]
-              for c in _containers(g)]
-    assert all(f":{ray.__version__}-" in image for image in images), images
     assert spec["authOptions"]["mode"] == "token"
 
 
@@ -131,4 +171,62 @@ def test_kuberay_job_runs_the_search_on_the_cluster(kuberay):
         "metadata"]["name"]}
     assert job["entrypoint"].startswith("python -m ray_fer.tune caf")
     assert "--storage s3://" in job["entrypoint"]
-    assert yaml.safe_load(job["runtimeEnvYAML"])["pip"] == ["ray_fer==0.1.0"]
+
+
+def _build_command() -> list[str]:
+    """The wheel build command of cluster/README.md (the line after <!-- build:wheel -->)."""
+    lines = (CLUSTER / "README.md").read_text().splitlines()
+    start = lines.index("<!-- build:wheel -->")
+    assert lines[start + 1] == "```bash"
+    return shlex.split(lines[start + 2])
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """A copy of the checkout (its files that git tracks or would track) after the
+    README's build step."""
+    repo = CLUSTER.parent
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-co", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    copy = tmp_path_factory.mktemp("checkout")
+    for name in listed:
+        if (repo / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / name, copy / name)
+    command = _build_command()
+    assert command[:3] == ["python", "-m", "pip"]
+    # Offline here: the venv's setuptools builds it instead of one pip would download.
+    done = subprocess.run([sys.executable, *command[1:], "--no-build-isolation"], cwd=copy,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return copy
+
+
+@pytest.mark.slow
+def test_the_wheel_aws_yaml_installs_exists_after_the_build_step(aws, built):
+    _, local = _wheel_mount(prepare_config(aws))
+    wheel = built / local
+    assert wheel.is_file(), sorted(p.name for p in (built / "dist").iterdir())
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    modules = {p.relative_to(built).as_posix() for p in (built / "ray_fer").rglob("*.py")}
+    assert modules <= names, sorted(modules - names)[:5]  # the whole package, as checked out
+    assert "ray_fer/configs/classify.yaml" in names
+
+
+@pytest.mark.slow
+def test_what_the_kuberay_image_copies_exists_after_the_build_step(kuberay, built):
+    _, copies = _dockerfile()
+    for source, _ in copies:
+        assert (built / source).exists(), source
+    # The job names its search space where the image put the checkout's search spaces.
+    entrypoint = shlex.split(_kind(kuberay, "RayJob")["spec"]["entrypoint"])
+    space = Path(entrypoint[entrypoint.index("--space") + 1])
+    (folder,) = [source for source, destination in copies if destination == str(space.parent)]
+    assert (built / folder / space.name).is_file()
+    assert space.name == f"{entrypoint[3]}.yaml"  # the method's own space
+
+
+def test_cluster_readme_keeps_submitting_the_checkout_as_working_dir():
+    readme = (CLUSTER / "README.md").read_text()
+    assert "ray job submit --working-dir . -- \\" in readme

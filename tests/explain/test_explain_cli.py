@@ -54,7 +54,30 @@ def test_cli_writes_a_grid_raw_maps_and_a_description(checkpoint, image_folder, 
     assert record["methods"][0] == "occlusion" and record["targets"] == ["predicted"]
     assert len(record["images"]) == 3 and len(record["predictions"]) == 3
     grid = cv2.imread(str(out / "grid.png"))
-    assert grid.shape[1] == 112 * (1 + 2 * 4) and grid.shape[0] > 3 * 112
+    assert grid.shape[1] == 112 * (1 + 2 * 4) + 46 and grid.shape[0] > 3 * 112  # + scale
+
+
+def test_a_folder_named_after_a_class_gives_the_true_label(checkpoint, faces, tmp_path):
+    folder = tmp_path / "faces"
+    for name in ("Happy", "sad", "unsorted"):
+        (folder / name).mkdir(parents=True)
+        cv2.imwrite(str(folder / name / "x.png"), faces[0][0])
+    out = tmp_path / "out"
+    assert main([checkpoint, "--images", str(folder), "--method", "gradcam", "--target",
+                 "predicted", "--out", str(out)]) == 0
+    record = json.loads((out / "maps.json").read_text())
+    truth = dict(zip((p.split("/")[-2] for p in record["images"]), record["true_labels"],
+                     strict=True))
+    assert truth == {"Happy": "happy", "sad": "sad", "unsorted": None}
+
+
+def test_explain_detects_faces_in_photos_with_the_chosen_detector(checkpoint, real_dataset,
+                                                                  tmp_path):
+    photo = sorted(real_dataset("jaffe").glob("*.tiff"))[0]
+    out = tmp_path / "out"
+    assert main([checkpoint, "--images", str(photo), "--detect", "--detector", "haar",
+                 "--method", "gradcam", "--out", str(out)]) == 0
+    assert np.load(out / "maps.npy").shape == (1, 1, 7, 48, 48)
 
 
 def test_one_method_gives_one_column_per_class(checkpoint, image_folder, tmp_path):
@@ -115,4 +138,23 @@ def test_explain_to_tensorboard_writes_an_image(classifier, images, tmp_path):
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
     events.Reload()
     (image,) = events.Images("explain")
-    assert image.step == 5 and image.width == 112 * 5
+    assert image.step == 5 and image.width == 112 * 5 + 46
+
+
+def test_tensorboard_grid_shows_true_labels_where_given(classifier, images, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for tag, labels in (("plain", None), ("labelled", [3, 4])):
+        explain_to_tensorboard(writer, classifier.model, images[:2], 1, tag=tag,
+                               model_name="deep_emotion",
+                               class_names=classifier.meta.class_names, labels=labels)
+    writer.close()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    events.Reload()
+    grids = {tag: cv2.imdecode(np.frombuffer(events.Images(tag)[0].encoded_image_string,
+                                             np.uint8), cv2.IMREAD_COLOR)
+             for tag in ("plain", "labelled")}
+    top = slice(18, 18 + 20)  # the top of the first input cell: "true happy"
+    assert (grids["plain"][top, :112] != grids["labelled"][top, :112]).any()

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from ray_fer.data.faces import FaceSpec, detect_faces, landmarks_box, prepare_face
+from ray_fer.data.detectors import detect_faces
+from ray_fer.data.faces import FaceSpec, landmarks_box, prepare_face
 from ray_fer.data.formats import DatasetFormatError, get_reader
 from ray_fer.data.formats.afewva import AfewVa
 from ray_fer.data.formats.base import decode_image
