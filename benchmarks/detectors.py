@@ -19,7 +19,7 @@ found) and ``ms_per_image`` (mean and std over images, one thread, after a warm-
 ingestion runs one process per core).
 
 Prints a Markdown table, and writes its rows to ``--rows`` in the column order of
-``benchmarks/results.csv``. Examples::
+``benchmarks/results/detectors.csv``. Examples::
 
     python benchmarks/detectors.py                       # every image, haar and mtcnn
     python benchmarks/detectors.py --step 10 --rows /tmp/rows.csv
@@ -52,8 +52,12 @@ from ray_fer.data.formats.base import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("RAY_FER_DATASETS", REPO.parent / "shared" / "datasets"))
-COLUMNS = ("table", "dataset", "split", "selected_on", "method", "variant", "seeds", "metric",
-           "value", "std", "device", "date", "commit", "command")
+#: The columns of benchmarks/results/*.csv.
+COLUMNS = ("table", "dataset", "split", "selected_on", "method", "variant", "tta", "seeds",
+           "epochs", "metric", "unit", "value", "std", "device", "date", "commit", "command",
+           "note")
+UNITS = {"ms_per_image": "ms", "detection_rate": "fraction", "correct_rate": "fraction",
+         "false_positive_rate": "fraction"}
 TABLE = "face_detectors"
 PORTRAITS = ("jaffe", "taiwanese", "ckplus48")
 #: Package photos with one face: (package, path inside its data folder, face centre x, y
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"comma-separated, from {', '.join(DETECTORS)}")
     p.add_argument("--step", type=int, default=1, help="every step-th dataset image")
     p.add_argument("--work", help="where the archives are unpacked (default: a temp folder)")
-    p.add_argument("--rows", default=str(REPO / "benchmarks" / "detectors_rows.csv"),
+    p.add_argument("--rows", default=str(REPO / "benchmarks" / "results" / "detectors.csv"),
                    help="CSV file for the rows (results.csv columns)")
     args = p.parse_args(argv)
     detectors = [d.strip() for d in args.detectors.split(",")]
@@ -257,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"table": TABLE, "dataset": name,
                              "split": split if name in PORTRAITS or name == "jaffe-rot20"
                              else "all", "selected_on": "", "method": detector,
-                             "variant": variant, "seeds": "", "metric": metric,
+                             "variant": variant, "tta": "", "seeds": "", "epochs": "",
+                             "metric": metric, "unit": UNITS[metric], "note": "",
                              "value": f"{value:.4g}", "std": "" if std is None else f"{std:.3g}",
                              "device": device, "date": stamp, "commit": revision,
                              "command": command.strip()})

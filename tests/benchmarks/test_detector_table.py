@@ -1,9 +1,10 @@
 """``benchmarks/detectors.py`` measures every detector on every set and writes its rows in
-the column order of ``benchmarks/results.csv``."""
+the columns of the results data (``benchmarks/results/*.csv``)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -14,9 +15,14 @@ from support.datasets import DATASETS_DIR
 
 from ray_fer.data.detectors import mtcnn_installed
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "detectors.py"
-COLUMNS = ["table", "dataset", "split", "selected_on", "method", "variant", "seeds", "metric",
-           "value", "std", "device", "date", "commit", "command"]
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+SCRIPT = BENCHMARKS / "detectors.py"
+_spec = importlib.util.spec_from_file_location("report", BENCHMARKS / "report.py")
+_report = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("report", _report)  # dataclasses look their module up there
+_spec.loader.exec_module(_report)
+#: The columns benchmarks/report.py reads.
+COLUMNS = list(_report.COLUMNS)
 
 pytestmark = pytest.mark.slow
 
