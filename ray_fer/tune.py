@@ -159,6 +159,12 @@ def base_configs(args: argparse.Namespace) -> Search:
                            sets=args.set, flags=flags)
         method_for(method).check_config(cfg)
         bases[method] = cfg
+    # A key fixed by --set or a flag (e.g. --epochs) is not searched.
+    pinned = {key.partition("=")[0].strip() for key in args.set} | {
+        key for key, value in flags.items() if value is not None}
+    first = bases[space.methods[0]]
+    space = space.pinned({key: _packaged_value(first, key) for key in pinned
+                          if key in space.keys})
     return make_search(bases, space)
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,22 @@ class SearchSpace:
     def method_of(self, values: Mapping[str, Any]) -> str:
         """The method of a trial with ``values`` (the only one, or the one searched)."""
         return str(values.get(METHOD_KEY, self.methods[0]))
+
+    def pinned(self, values: Mapping[str, Any]) -> SearchSpace:
+        """The space with the config keys of ``values`` fixed at those values (flags and
+        ``--set`` win over the file): they are no longer searched, and a condition on one
+        of them now holds, or fails, for every trial. Start points keep their other
+        values."""
+        params = []
+        for p in self.params:
+            if p.key in values or not all(values[k] in allowed for k, allowed in p.when
+                                          if k in values):
+                continue
+            params.append(replace(p, when=tuple((k, a) for k, a in p.when if k not in values)))
+        names = {p.name for p in params}
+        points = tuple({n: v for n, v in point.items() if n in names}
+                       for point in self.start_points)
+        return replace(self, params=tuple(params), start_points=points)
 
     def __call__(self, trial) -> None:
         """Optuna define-by-run: propose every parameter whose condition holds, in order."""

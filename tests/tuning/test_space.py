@@ -10,7 +10,7 @@ import yaml
 from ray_fer.config import ConfigError, build_config
 from ray_fer.train.steps import method_for
 from ray_fer.tune import base_configs, parser
-from ray_fer.tuning.space import SearchSpaceError, load_search_space
+from ray_fer.tuning.space import SearchSpaceError
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
 
@@ -183,13 +183,29 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
 
 
 def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
-    path = next(p for p in SPACES if p.stem == "deep_emotion")
     cfg = build_config("deep_emotion", "classify")
-    (point,) = load_search_space(path, lambda m, k, v: None).start_points
-    assert point["loss.l2"] == cfg.loss.l2 and point["optim.lr"] == cfg.optim.lr
-    assert point["train.batch_size"] == cfg.train.batch_size
+    (point,) = base_configs(parser().parse_args(["deep_emotion"])).space.start_points
+    assert point["loss.l2"] == cfg.loss.l2 and point["train.batch_size"] == cfg.train.batch_size
+    assert point["optim.lr|optim.optimizer=adam/adamw"] == cfg.optim.lr
+    assert point["optim.optimizer"] == cfg.optim.optimizer == "adam"
 
 
 def test_space_for_another_method_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="searches vgg_bn, not 'deep_emotion'"):
         _load(tmp_path, {**GOOD, "method": "vgg_bn"})
+
+
+def test_flags_and_set_fix_a_searched_key_for_every_trial(tmp_path):
+    """--epochs and --set win over the file: the key is no longer searched, and conditions
+    on it are decided once (here: SGD's ranges stay, unconditional; AdamW's go)."""
+    path = _write(tmp_path, {**CONDITIONAL, "fixed": {}, "search": {
+        **CONDITIONAL["search"], "train.epochs": {"choice": [5, 60]}}, "start_with": ["packaged"]})
+    search = base_configs(parser().parse_args(["vgg_bn", "--space", str(path), "--epochs", "2",
+                                               "--set", "optim.optimizer=sgd"]))
+    space = search.space
+    assert "train.epochs" not in space.keys and "optim.optimizer" not in space.keys
+    (lr,) = (p for p in space.params if p.key == "optim.lr")
+    assert lr.when == () and lr.args == (1e-2, 2e-1)
+    assert search.max_epochs == 2 and search.first.optim.optimizer == "sgd"
+    vgg = space.start_points[0]
+    assert "optim.optimizer" not in vgg and vgg["optim.lr|optim.optimizer=sgd"] == 0.05
