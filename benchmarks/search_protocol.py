@@ -104,6 +104,26 @@ def best_checkpoint(run: Path) -> Path:
 
 
 @contextlib.contextmanager
+def mps(work: Path, on: bool) -> Iterator[None]:
+    """NVIDIA's Multi-Process Service for the GPU while the steps run (``--mps``): the
+    kernels of the trials packed on it then run side by side instead of taking turns."""
+    if not on:
+        yield
+        return
+    pipes = work / "mps"
+    os.environ |= {"CUDA_MPS_PIPE_DIRECTORY": str(pipes / "pipe"),
+                   "CUDA_MPS_LOG_DIRECTORY": str(pipes / "log")}
+    for folder in ("pipe", "log"):
+        (pipes / folder).mkdir(parents=True, exist_ok=True)
+    run(work, "mps-start", ["nvidia-cuda-mps-control", "-d"])
+    try:
+        yield
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True,
+                       capture_output=True)
+
+
+@contextlib.contextmanager
 def ray_head(work: Path) -> Iterator[None]:
     """One Ray node for every step (the retrains share its GPU), with a token of its own,
     unless RAY_ADDRESS names a running one."""
@@ -150,7 +170,7 @@ def evaluate(work: Path, name: str, checkpoint: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     (args.work / "logs").mkdir(parents=True, exist_ok=True)
-    with ray_head(args.work):
+    with mps(args.work, args.mps), ray_head(args.work):
         return protocol(args)
 
 
@@ -181,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--alone-epochs", type=int, default=3)
     p.add_argument("--cpu", action="store_true", help="no GPU (a smoke run of the protocol)")
+    p.add_argument("--mps", action="store_true",
+                   help="run the GPU under NVIDIA MPS (packed trials' kernels side by side)")
     p.add_argument("--set", action="append", default=[], help="added to every run")
     p.add_argument("--commit", default="")
     p.add_argument("--dataset", default="FER2013")
@@ -344,7 +366,8 @@ def write_rows(work: Path, report: dict, args: argparse.Namespace, command: str)
         if value is not None:
             rows.append(common | {
                 "table": "search", "split": "val", "selected_on": "", "method": args.space,
-                "variant": f"{args.samples} trials, {args.concurrent} at a time", "tta": "",
+                "variant": f"{args.samples} trials, {args.concurrent} at a time"
+                           + (", MPS" if args.mps else ""), "tta": "",
                 "seeds": "", "epochs": "", "metric": metric, "unit": unit,
                 "value": f"{value:.4g}", "std": ""})
     with (work / "rows.csv").open("w", newline="") as f:
