@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -163,9 +164,8 @@ def base_configs(args: argparse.Namespace) -> Search:
     pinned = {key.partition("=")[0].strip() for key in args.set} | {
         key for key, value in flags.items() if value is not None}
     first = bases[space.methods[0]]
-    space = space.pinned({key: _packaged_value(first, key) for key in pinned
-                          if key in space.keys})
-    return make_search(bases, space)
+    return make_search(bases, space, {key: _packaged_value(first, key) for key in pinned
+                                      if key in space.keys})
 
 
 def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
@@ -192,11 +192,11 @@ def stored_search(exp: Location) -> Search:
         except FileNotFoundError:
             raise ConfigError(f"--resume: {exp.child_uri(name)} not found; is {exp.uri} a "
                               "ray_fer search?") from None
-    bases = bases_from_yaml(texts[BASE_FILE], exp.child_uri(BASE_FILE))
+    bases, pinned = bases_from_yaml(texts[BASE_FILE], exp.child_uri(BASE_FILE))
     space = parse_search_space(yaml.safe_load(texts[SPACE_FILE]), exp.child_uri(SPACE_FILE),
                                lambda method, key, value: None,
                                lambda m, key: _packaged_value(bases[m], key))
-    return make_search(bases, space)
+    return make_search(bases, space, pinned)
 
 
 def asha_settings(search: Search, opts: dict) -> dict:
@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
             # Trials must continue with the settings they started with, not today's flags.
             search = stored_search(exp)
         else:
-            search = make_search({m: override(c, "data.uri", data)
-                                  for m, c in search.bases.items()}, search.space)
+            search = replace(search, bases={m: override(c, "data.uri", data)
+                                            for m, c in search.bases.items()})
             write_text(exp, BASE_FILE, search.bases_yaml())
             write_text(exp, SPACE_FILE, Path(search.space.source).read_text())
         cfg = search.first

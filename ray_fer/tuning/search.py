@@ -8,7 +8,7 @@ values Optuna proposed for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -28,6 +28,9 @@ class Search:
     space: SearchSpace
     metric: str
     mode: str
+    #: Searched keys that ``--set`` or a flag fixed, with their values (see
+    #: :meth:`SearchSpace.pinned`); ``space`` has them fixed already.
+    pinned: dict = field(default_factory=dict)
 
     @property
     def first(self) -> Config:
@@ -63,13 +66,16 @@ class Search:
         return override(cfg, "run.name", name)
 
     def bases_yaml(self) -> str:
-        """The base configs as YAML (stored with an experiment for ``--resume``)."""
-        return yaml.safe_dump({m: cfg.to_dict() for m, cfg in self.bases.items()},
-                              sort_keys=False)
+        """The base configs and the pinned keys as YAML (stored with an experiment for
+        ``--resume``)."""
+        return yaml.safe_dump({"methods": {m: cfg.to_dict() for m, cfg in self.bases.items()},
+                               "pinned": self.pinned}, sort_keys=False)
 
 
-def make_search(bases: dict[str, Config], space: SearchSpace) -> Search:
-    """A :class:`Search`; the methods must share one validation metric and mode."""
+def make_search(bases: dict[str, Config], space: SearchSpace,
+                pinned: dict | None = None) -> Search:
+    """A :class:`Search` of ``space`` with the keys of ``pinned`` fixed; the methods must
+    share one validation metric and mode."""
     from ray_fer.train.steps import method_for
 
     goals = {(method_for(m).metric, method_for(m).mode) for m in space.methods}
@@ -77,12 +83,15 @@ def make_search(bases: dict[str, Config], space: SearchSpace) -> Search:
         raise ConfigError(f"{space.source}: methods {', '.join(space.methods)} optimise "
                           f"different metrics ({sorted(goals)}); search them separately")
     ((metric, mode),) = goals
-    return Search(bases=bases, space=space, metric=metric, mode=mode)
+    pinned = dict(pinned or {})
+    return Search(bases=bases, space=space.pinned(pinned), metric=metric, mode=mode,
+                  pinned=pinned)
 
 
-def bases_from_yaml(text: str, where: str) -> dict[str, Config]:
-    """Base configs written by :meth:`Search.bases_yaml`."""
+def bases_from_yaml(text: str, where: str) -> tuple[dict[str, Config], dict]:
+    """Base configs and pinned keys written by :meth:`Search.bases_yaml`."""
     raw = yaml.safe_load(text)
-    if not isinstance(raw, dict) or not raw:
+    if not isinstance(raw, dict) or not isinstance(raw.get("methods"), dict):
         raise ConfigError(f"{where}: expected each method's base config")
-    return {m: Config.from_dict(cfg) for m, cfg in raw.items()}
+    return ({m: Config.from_dict(cfg) for m, cfg in raw["methods"].items()},
+            dict(raw.get("pinned") or {}))
