@@ -17,6 +17,7 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 import torch  # noqa: E402
 from support.datasets import real_dataset  # noqa: E402, F401
+from support.local_ray import local_ray  # noqa: E402, F401
 from support.s3 import s3_server  # noqa: E402, F401
 
 torch.set_num_threads(1)

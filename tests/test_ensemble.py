@@ -22,17 +22,6 @@ from ray_fer.train.steps import DataInfo
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
     return write_tiny_shards(tmp_path_factory.mktemp("tiny") / "shards")
 
@@ -86,7 +75,7 @@ def test_ensemble_is_chosen_and_scored_on_validation_rows_only(built, shards):
     assert saved["val_accuracy"] == report["val_accuracy"]
 
 
-def test_evaluate_reads_the_ensemble_like_any_checkpoint(built, ray_session):
+def test_evaluate_reads_the_ensemble_like_any_checkpoint(built, local_ray):
     from ray_fer.evaluate import evaluate
 
     report, out = built

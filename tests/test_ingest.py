@@ -30,18 +30,9 @@ CKPLUS_COUNTS = {"anger": 135, "contempt": 54, "disgust": 177, "fear": 75, "happ
 
 
 @pytest.fixture(scope="module")
-def ray_local(s3_server):
+def ray_local(s3_server, local_ray):
     """A real local Ray whose workers inherit the S3 variables set by ``s3_server``."""
-    import ray
-
-    if ray.is_initialized():  # started by another module of this session; leave it to it
-        yield ray
-        return
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    return local_ray
 
 
 @pytest.fixture(scope="module")
