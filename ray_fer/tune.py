@@ -23,6 +23,7 @@ TensorBoard files (``tensorboard --logdir <storage>/<name>``), ``results.csv``/`
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
-from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, check_name, override
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
 from ray_fer.storage import Location, resolve
@@ -137,8 +138,10 @@ def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
         if value is not None:
             out[key] = value
     for key, (flag, low) in SETTING_BOUNDS.items():
-        if out[key] is not None and out[key] < low:
+        if out[key] is not None and not out[key] >= low:  # also refuses NaN
             raise ConfigError(f"{flag} must be >= {low}, got {out[key]}")
+        if out[key] is not None and not math.isfinite(out[key]):
+            raise ConfigError(f"{flag} must be a finite number, got {out[key]}")
     return out
 
 
@@ -263,6 +266,7 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
     try:
         if args.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+        check_name(name)
         cfg, space = base_config(args)
         opts = settings(args, space)
         from ray_fer.train.loop import resolve_data_uri

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -121,6 +122,13 @@ def model_options(name: str) -> dict[str, Any]:
         for key, parameter in parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in REQUIRED_ARGUMENTS
     }
+
+
+def option_types(name: str) -> dict[str, Any]:
+    """The annotated type of each option of model ``name`` (``Any`` where unannotated)."""
+    factory = _factory(_spec(name))
+    hints = typing.get_type_hints(getattr(factory, "func", factory))  # a functools.partial
+    return {key: hints.get(key, Any) for key in model_options(name)}
 
 
 def build_model(

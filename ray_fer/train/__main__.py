@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, read_yaml
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, check_name, read_yaml
 from ray_fer.errors import UserError, print_error
 
 #: First-class flags → dotted config keys.
@@ -107,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.fold == "all":
         flags["data.fold"] = None
     files = [read_yaml(path) for path in args.config]
+    if args.name is not None:
+        check_name(args.name)  # before a stored config is read from <storage>/<name>
     if args.resume:
         if not args.name:
             raise ConfigError("--resume needs --name (the run to continue)")
