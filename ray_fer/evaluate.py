@@ -25,7 +25,7 @@ from ray_fer.errors import UserError, print_error
 from ray_fer.storage import resolve
 from ray_fer.train import metrics as M
 from ray_fer.train.checkpoint import load_checkpoint, local_checkpoint
-from ray_fer.train.loop import evaluate_shard, fit_batch, resolve_data_uri
+from ray_fer.train.loop import check_data_files, evaluate_shard, fit_batch, resolve_data_uri
 from ray_fer.train.steps import TrainState, classify_eval_sums, classify_logits, method_for
 
 TTA_CHOICES = ("flip", "tencrop")
@@ -74,6 +74,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, split: str | None = No
         fold = cfg.data.fold
         split = cfg.data.val_split
     uri = data or resolve_data_uri(cfg)
+    check_data_files(uri, endpoint)  # a shard missing or cut short: said before Ray starts
     ds, manifest = stream.open_split(uri, endpoint=endpoint,
                                      **_select(split, fold, cfg.data.train_splits))
     if list(manifest.class_names) != info.class_names:
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics, confusion = evaluate(args.checkpoint, data=args.data, split=args.split,
                                       fold=args.fold, tta=args.tta, endpoint=args.endpoint,
                                       batch_size=args.batch_size, device=args.device)
-    except (UserError, ValueError) as exc:
+    except (UserError, ValueError) as exc:  # also one raised in a Ray Data read task
         return print_error(exc)
     out = args.out or default_out(args.checkpoint, args.split, args.fold)
     write_report(out, metrics, confusion, args.endpoint)
