@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_ima
 from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
+from ray_fer.storage import writable_folder
 from ray_fer.train.checkpoint import CheckpointError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
@@ -273,10 +275,34 @@ class Summary:
     errors: int = 0
 
 
+def output_folder(out: Path) -> Path:
+    """``out`` ready for a run: writable, and without what an earlier run wrote there
+    (``predictions.jsonl``, ``annotated/``), so old annotated images never mix with new
+    ones. A folder whose ``annotated/`` no run of predict wrote (there is no
+    ``predictions.jsonl`` beside it) is refused, not cleared."""
+    writable_folder(out)
+    annotated = out / ANNOTATED_DIR
+    if not (out / PREDICTIONS_FILE).is_file():
+        if annotated.exists():
+            raise PredictError(f"--out {out}: holds {ANNOTATED_DIR}/ but no "
+                               f"{PREDICTIONS_FILE}, so predict did not write it; choose "
+                               "another --out")
+        return out
+    try:
+        if annotated.is_dir() and not annotated.is_symlink():
+            shutil.rmtree(annotated)
+        else:
+            annotated.unlink(missing_ok=True)
+        (out / PREDICTIONS_FILE).unlink()
+    except OSError as exc:
+        raise PredictError(f"--out {out}: cannot replace the earlier predictions there "
+                           f"({exc.strerror or exc})") from None
+    return out
+
+
 class _Output:
     def __init__(self, out: Path, annotate_images: bool) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
+        self.out = output_folder(out)
         self.annotate = annotate_images
         self.lines = (out / PREDICTIONS_FILE).open("w")
         self.summary = Summary()

@@ -143,3 +143,35 @@ def test_a_folder_run_lists_no_file_a_symlink_leads_out_of_the_folder_to(tmp_pat
     (inside / "nested").symlink_to(outside, target_is_directory=True)
     (inside / "c.png").symlink_to(inside / "a.png")  # stays inside: listed
     assert list_images(inside) == [inside / "a.png", inside / "c.png"]
+
+
+def _blank_images(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        cv2.imwrite(str(folder / name), np.full((80, 80), 128, np.uint8))
+    return folder
+
+
+def test_a_run_into_an_earlier_runs_out_replaces_its_output(checkpoint, tmp_path):
+    """Old annotated images stayed beside the new ones, as if predicted now."""
+    out = tmp_path / "out"
+    predict(checkpoint, _blank_images(tmp_path / "first", "old.png"), out, progress=False)
+    assert (out / ANNOTATED_DIR / "old.png").is_file()
+    (out / "notes.md").write_text("the user's own file")
+    predict(checkpoint, _blank_images(tmp_path / "second", "new.png"), out, progress=False)
+    assert sorted(p.name for p in (out / ANNOTATED_DIR).rglob("*")) == ["new.png"]
+    lines = (out / PREDICTIONS_FILE).read_text().splitlines()
+    assert len(lines) == 1 and "new.png" in lines[0]
+    assert (out / "notes.md").read_text() == "the user's own file"
+
+
+def test_an_out_holding_annotated_images_predict_did_not_write_is_refused(checkpoint,
+                                                                         tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ANNOTATED_DIR).mkdir(parents=True)
+    (out / ANNOTATED_DIR / "mine.png").write_bytes(b"kept")
+    source = _blank_images(tmp_path / "in", "a.png")
+    assert main([checkpoint, str(source), "--out", str(out)]) == 2
+    assert f"--out {out}: holds {ANNOTATED_DIR}/ but no {PREDICTIONS_FILE}" in (
+        capsys.readouterr().err)
+    assert (out / ANNOTATED_DIR / "mine.png").read_bytes() == b"kept"

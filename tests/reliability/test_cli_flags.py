@@ -142,6 +142,8 @@ def test_evaluate_refuses_bad_values(argv, message, tmp_path, capsys):
     assert code != 0 and message in err
 
 
-def test_evaluate_refuses_a_missing_checkpoint(capsys):
+def test_evaluate_says_a_missing_checkpoint_folder_does_not_exist(capsys):
     code, err = _run(evaluate.main, ["/nonexistent/checkpoint_epoch-0001"], capsys)
-    assert code != 0 and "not a ray_fer checkpoint" in err
+    assert code == 2
+    assert err == ("error: /nonexistent/checkpoint_epoch-0001: no such checkpoint folder; "
+                   "pass a checkpoint folder such as <storage>/<run>/checkpoint_epoch-0004\n")
