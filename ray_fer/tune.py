@@ -30,7 +30,12 @@ from pathlib import Path
 
 import yaml
 
-from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
+from ray_fer.cluster.runtime import (
+    connect,
+    stop_tune_copying_credentials,
+    uncached_bytecode,
+    warm_workers,
+)
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, check_name, override
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
@@ -281,6 +286,8 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
             cfg = stored_base(exp)
         else:
             write_text(exp, BASE_FILE, cfg.to_yaml())
+        # Workers read credentials from their own environment, never from a runtime env.
+        stop_tune_copying_credentials()
         # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
         connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
                 extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
