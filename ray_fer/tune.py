@@ -134,9 +134,10 @@ def base_config(args: argparse.Namespace) -> tuple[Config, SearchSpace]:
     return cfg, space
 
 
-def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
+def settings(args: argparse.Namespace, space: SearchSpace, epochs: int) -> dict:
     """Search settings: defaults < the YAML's ``search_settings`` < flags; each checked
-    against its lower bound (ConfigError naming the flag)."""
+    against its lower bound, the grace period against the ``epochs`` of a trial
+    (ConfigError naming the flag)."""
     out = DEFAULT_SETTINGS | space.settings
     for key in DEFAULT_SETTINGS:
         value = getattr(args, key, None)
@@ -147,6 +148,9 @@ def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
             raise ConfigError(f"{flag} must be >= {low}, got {out[key]}")
         if out[key] is not None and not math.isfinite(out[key]):
             raise ConfigError(f"{flag} must be a finite number, got {out[key]}")
+    if out["grace_period"] > epochs:
+        raise ConfigError(f"--grace-period {out['grace_period']} is more than the {epochs} "
+                          "epochs of a trial (--epochs); lower it or train longer")
     return out
 
 
@@ -273,8 +277,8 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
             raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
         check_name(name)
         cfg, space = base_config(args)
-        opts = settings(args, space)
-        from ray_fer.train.loop import resolve_data_uri
+        opts = settings(args, space, cfg.train.epochs)
+        from ray_fer.train.loop import check_data_files, resolve_data_uri
 
         # Materialise the embedded data once, in the driver, not in every trial (on a
         # cluster with S3 storage: under the experiments' storage, for every node).
@@ -284,7 +288,8 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         if args.resume:
             # Trials must continue with the settings they started with, not today's flags.
             cfg = stored_base(exp)
-        else:
+        check_data_files(cfg.data.uri, cfg.data.endpoint)
+        if not args.resume:
             write_text(exp, BASE_FILE, cfg.to_yaml())
         # Workers read credentials from their own environment, never from a runtime env.
         stop_tune_copying_credentials()

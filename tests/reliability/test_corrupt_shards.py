@@ -117,9 +117,9 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 @pytest.mark.parametrize("how", ["missing", "truncated"])
-def test_train_and_evaluate_refuse_a_missing_or_cut_shard_before_ray_starts(
+def test_train_tune_and_evaluate_refuse_a_missing_or_cut_shard_before_ray_starts(
         how, tmp_path, capsys, monkeypatch):
-    from ray_fer import evaluate
+    from ray_fer import evaluate, tune
     from ray_fer.train import __main__ as train_cli
 
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # any ray.init would fail
@@ -134,6 +134,11 @@ def test_train_and_evaluate_refuse_a_missing_or_cut_shard_before_ray_starts(
     err = capsys.readouterr().err
     assert code == 2 and err.startswith(named) and err.count("\n") == 1, err
     assert not (tmp_path / "runs").exists()
+    code = tune.main(["deep_emotion", "--data", uri, "--storage", str(tmp_path / "searches"),
+                      "--name", "s"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith(named) and err.count("\n") == 1, err
+    assert not (tmp_path / "searches").exists()
     checkpoint = train_checkpoint(tmp_path / "ckpt", "deep_emotion", steps=1)
     code = evaluate.main([str(checkpoint), "--data", uri, "--split", "val",
                           "--out", str(tmp_path / "eval")])
