@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,11 +41,13 @@ from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, check_
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
 from ray_fer.storage import Location, resolve
+from ray_fer.tuning.interrupt import signals_seen
 from ray_fer.tuning.results import (
     export_checkpoint,
     results_csv,
     results_markdown,
     trial_rows,
+    unfinished_trials,
     write_text,
 )
 from ray_fer.tuning.space import SearchSpace, load_search_space
@@ -60,6 +63,11 @@ SETTING_BOUNDS = {"num_samples": ("--num-samples", 1), "max_concurrent": ("--max
                   "time_budget_s": ("--time-budget", 1)}
 #: The base config of an experiment, saved at its start so --resume continues it unchanged.
 BASE_FILE = "base_config.yaml"
+#: Exit status of an interrupted search (128 + SIGINT, as a shell reports Ctrl-C).
+INTERRUPTED_EXIT = 130
+#: Heads the results of an interrupted search: they name no winner.
+PARTIAL_NOTE = ("Interrupted: partial results, no best trial chosen; resume the search "
+                "with --resume.\n\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -217,8 +225,14 @@ def build_tuner(cfg: Config, space: SearchSpace, opts: dict, *, storage: str, na
     )
 
 
-def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str) -> str:
-    """Write the results table, best config and best checkpoint; return the printed summary."""
+def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str,
+              unfinished: set[str] | None = None) -> str:
+    """Write the results table, best config and best checkpoint; return the printed summary.
+
+    ``unfinished``: the search was interrupted, these trials had not finished
+    (:func:`~ray_fer.tuning.results.unfinished_trials`): the table marks them, says the
+    results are partial, and no best config or checkpoint is written.
+    """
     from ray_fer.train.steps import method_for, run_targets
     from ray_fer.tuning.trial import trial_config
 
@@ -226,14 +240,18 @@ def summarize(grid, cfg: Config, space: SearchSpace, *, storage: str, name: str)
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     keys = [p.key for p in space.params]
     rows = trial_rows(grid, metric=method.metric, mode=method.mode, epochs=cfg.train.epochs,
-                      param_keys=keys)
+                      param_keys=keys, unfinished=unfinished or ())
     write_text(exp, "results.csv", results_csv(rows, method.metric, keys))
     targets = run_targets(method, read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
     table = results_markdown(rows, method.metric, keys)
-    write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)
+    partial = PARTIAL_NOTE if unfinished is not None else ""
+    write_text(exp, "results.md", partial + (f"Targets: {targets}.\n\n{table}" if targets
+                                             else table))
     lines = [f"search {name}: {len(rows)} trials, metric {method.metric} ({method.mode}){on}",
              table]
+    if unfinished is not None:
+        return "\n".join([*lines, partial.strip()])
     best = rows[0] if rows and rows[0].checkpoint else None
     if best is None:
         lines.append("no trial reported a checkpoint")
@@ -305,9 +323,36 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
                             trial_fn=trial_fn)
     except UserError as exc:
         return print_error(exc)
-    grid = tuner.fit()
+    except KeyboardInterrupt:
+        return interrupted(args, name, started=args.resume)
+    with signals_seen() as stopped:
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped at once
+            return interrupted(args, name, started=True)
+    unfinished = unfinished_trials(exp)
+    if unfinished or stopped():
+        print(summarize(grid, cfg, space, storage=args.storage, name=name,
+                        unfinished=unfinished))
+        return interrupted(args, name, started=True)
     print(summarize(grid, cfg, space, storage=args.storage, name=name))
     return 0 if any(r.error is None for r in grid) else 1
+
+
+def interrupted(args: argparse.Namespace, name: str, *, started: bool) -> int:
+    """Say on stderr, in one line, that Ctrl-C interrupted search ``name`` and how to
+    resume it (``started``: it has an experiment to resume); returns the exit status."""
+    if started:
+        command = ["python", "-m", "ray_fer.tune", args.method,
+                   *(["--space", args.space] if args.space else []),
+                   "--storage", args.storage, "--name", name,
+                   *(["--endpoint", args.endpoint] if args.endpoint else []), "--resume"]
+        print(f"search {name!r} interrupted; resume with --resume: {shlex.join(command)}",
+              file=sys.stderr)
+    else:
+        print(f"search {name!r} interrupted before its first trial; nothing to resume",
+              file=sys.stderr)
+    return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""What a finished search leaves beside Tune's own files.
+"""What a search leaves beside Tune's own files.
 
 ``results.csv`` / ``results.md`` (one row per trial: params, best metric, epochs run,
-status), ``best_config.yaml`` (the full run config of the best trial) and
-``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable path that
-``python -m ray_fer.evaluate`` accepts).
+status), and once it has finished ``best_config.yaml`` (the full run config of the best
+trial) and ``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable
+path that ``python -m ray_fer.evaluate`` accepts). An interrupted search leaves only the
+table, its unfinished trials marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import posixpath
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +23,8 @@ from ray_fer.storage import Location
 from ray_fer.train.checkpoint import copy_folder
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: The status of a trial that Ctrl-C stopped before it finished (``--resume`` finishes it).
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -51,9 +56,23 @@ def _checkpoint_of(result, record: dict) -> str | None:
                  if metrics.get("epoch") == record.get("epoch")), None)
 
 
-def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[str]
-               ) -> list[TrialRow]:
-    """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first."""
+def unfinished_trials(exp: Location) -> set[str]:
+    """Folder names of the trials of the experiment at ``exp`` that had not finished when
+    Tune last saved its state: when Ctrl-C stops a search, Tune saves it before it stops
+    the trials, which it then marks as terminated, as it marks those that ASHA stopped."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    analysis = ExperimentAnalysis(exp.path, storage_filesystem=exp.fs)
+    return {posixpath.basename(trial.path) for trial in analysis.trials
+            if trial.status not in (Trial.TERMINATED, Trial.ERROR)}
+
+
+def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[str],
+               unfinished: Collection[str] = ()) -> list[TrialRow]:
+    """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first; the trials
+    whose folders are named in ``unfinished`` (:func:`unfinished_trials`) are
+    :data:`INTERRUPTED`."""
     rows = []
     for result in grid:
         history = result.metrics_dataframe
@@ -66,6 +85,8 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: int, param_keys: list[st
         ran = int(last["epoch"]) + 1 if "epoch" in last else len(records)
         if result.error is not None:
             status = "error"
+        elif posixpath.basename(result.path.rstrip("/")) in unfinished:
+            status = INTERRUPTED
         elif ran < epochs:
             status = "stopped early"
         else:
