@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -90,6 +91,7 @@ def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
         return
     # forkserver: workers do not inherit the parent's S3 client threads (fork-unsafe).
     ctx = multiprocessing.get_context("forkserver")
+    before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     todo = iter(chunks)
     try:
@@ -98,6 +100,13 @@ def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
             result = pending.popleft().result()
             pending.extend(pool.submit(fn, c) for c in islice(todo, 1))
             yield result
+    except BaseException:
+        # Failed, or stopped (Ctrl-C, SIGTERM, the consumer gone): end the pool's workers
+        # now, not once each has finished its chunk (ProcessPoolExecutor can do that itself
+        # only from Python 3.14 on).
+        for process in set(multiprocessing.active_children()) - before:
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -324,6 +333,14 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     """CLI entry; returns the exit code. User errors print one line, no traceback."""
     args = _parser().parse_args(None if argv is None else list(argv))
+    stopped_by: list[int] = []
+
+    def stop(signum: int, frame) -> None:
+        # SIGTERM ends an ingest as Ctrl-C does: workers stopped, no manifest.
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         options = {"class_map": _load_class_map(args.class_map)} if args.class_map else {}
         manifest = ingest(
@@ -337,7 +354,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("ingest interrupted (no manifest written)", file=sys.stderr)
-        return 130
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(_summary(manifest, args.out))
     return 0
 

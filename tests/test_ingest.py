@@ -7,9 +7,13 @@ no manifest behind (also when a valid one was there before).
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -346,3 +350,52 @@ def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_loca
     runs = sum(a != b for a, b in zip(names, names[1:], strict=False))
     # Class-by-class order would change label about 6 times; a shuffle, hundreds.
     assert runs > len(names) // 3
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``INGEST_TEST_MARK=marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"INGEST_TEST_MARK={marker}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_the_forkserver_and_the_resource_tracker(tmp_path):
+    """SIGTERM killed only the driver: the pool's workers, forkserver and resource tracker
+    lived on, orphaned. It now ends an ingest as Ctrl-C does."""
+    marker = secrets.token_hex(8)
+    env = dict(os.environ, INGEST_TEST_MARK=marker,
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_fer.ingest", "synthetic", "default", "--out",
+         str(tmp_path / "out"), "--workers", "2", "--folds", "2", "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # The driver, the resource tracker, the forkserver and two workers.
+        while len(_marked(marker)) < 5:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, _marked(marker)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "ingest interrupted (no manifest written)" in err
+        deadline = time.monotonic() + 10
+        while _marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _marked(marker) == []
+        assert_no_manifest(tmp_path / "out")
+    finally:
+        for pid in _marked(marker):  # only what this test started, by pid
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()
