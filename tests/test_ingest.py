@@ -352,6 +352,27 @@ def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_loca
     assert runs > len(names) // 3
 
 
+def test_symlink_loops_and_links_to_folders_are_counted_as_skipped_with_the_reason(
+        tmp_path, capsys):
+    """Looped files were dropped silently and the manifest said skipped 0."""
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad"))
+    (source / "happy" / "a.png").symlink_to("b.png")
+    (source / "happy" / "b.png").symlink_to("a.png")
+    (source / "happy" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (source / "sad" / "again").symlink_to(source / "sad", target_is_directory=True)
+    out = tmp_path / "out"
+    assert main(["class-folders", str(source), "--out", str(out), "--folds", "3",
+                 "--no-progress"]) == 0
+    assert "skipped 4" in capsys.readouterr().out
+    manifest = read_manifest(resolve(out))
+    assert manifest.skipped == [
+        {"file": "happy/a.png", "reason": "symlink loop"},
+        {"file": "happy/b.png", "reason": "symlink loop"},
+        {"file": "happy/gone.png", "reason": "broken symlink (its target does not exist)"},
+        {"file": "sad/again", "reason": "symlink to a folder, not followed"}]
+    assert manifest.num_rows == 6
+
+
 def _marked(marker: str) -> list[int]:
     """Pids of the live processes whose environment holds ``INGEST_TEST_MARK=marker``."""
     pids = []
