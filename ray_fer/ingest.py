@@ -28,6 +28,7 @@ import numpy as np
 
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
+from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, set_max_pixels
 from ray_fer.data.shards import FaceRow, Manifest, ShardWriter, invalidate
 from ray_fer.data.splits import assign_folds, stratified_holdout
 from ray_fer.errors import UserError
@@ -326,6 +327,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
     p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help=f"refuse images of more than N pixels (default {MAX_IMAGE_PIXELS:,}; "
+                        f"sets {MAX_PIXELS_ENV})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -343,6 +347,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         options = {"class_map": _load_class_map(args.class_map)} if args.class_map else {}
+        set_max_pixels(args.max_pixels)
         manifest = ingest(
             args.format, args.source, args.out, size=args.size, channels=args.channels,
             folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,

@@ -35,7 +35,14 @@ import torch
 
 from ray_fer.config import ConfigError
 from ray_fer.data.faces import MIN_FACE, FaceSpec, detect_faces, prepare_face
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.formats.base import (
+    MAX_IMAGE_PIXELS,
+    MAX_PIXELS_ENV,
+    DatasetFormatError,
+    SourceItem,
+    decode_image,
+    set_max_pixels,
+)
 from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
@@ -422,8 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help=f"refuse images of more than N pixels (default {MAX_IMAGE_PIXELS:,}; "
+                        f"sets {MAX_PIXELS_ENV})")
     args = p.parse_args(argv)
     try:
+        set_max_pixels(args.max_pixels)
         summary = predict(args.model, args.source, args.out, rate=args.rate,
                           min_face=args.min_face, annotate_images=not args.no_annotate,
                           device=args.device, endpoint=args.endpoint,

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.images import huge_png_header
 from support.s3 import free_ports
 
 from ray_fer.data.formats import DatasetFormatError
@@ -371,6 +372,25 @@ def test_symlink_loops_and_links_to_folders_are_counted_as_skipped_with_the_reas
         {"file": "happy/gone.png", "reason": "broken symlink (its target does not exist)"},
         {"file": "sad/again", "reason": "symlink to a folder, not followed"}]
     assert manifest.num_rows == 6
+
+
+def test_images_above_the_pixel_cap_fail_the_ingest_naming_the_file_and_flag(
+        tmp_path, capsys, monkeypatch):
+    from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(MAX_IMAGE_PIXELS))  # restored: --max-pixels sets it
+    source = write_ckplus_like(tmp_path / "src")
+    bomb = source / "happy" / "S009_001_00000001.png"
+    bomb.write_bytes(huge_png_header())
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                        "--folds", "2", "--workers", "1")
+    assert code == 1 and f"{bomb}: more than" in err and "--max-pixels" in err
+    bomb.unlink()
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                        "--folds", "2", "--max-pixels", str(48 * 48 - 1))
+    assert code == 1 and "48 x 48 pixels, above the limit of 2,303" in err
+    assert run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                   "--folds", "2", "--max-pixels", str(48 * 48))[0] == 0
 
 
 def _marked(marker: str) -> list[int]:

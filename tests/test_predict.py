@@ -175,3 +175,23 @@ def test_an_out_holding_annotated_images_predict_did_not_write_is_refused(checkp
     assert f"--out {out}: holds {ANNOTATED_DIR}/ but no {PREDICTIONS_FILE}" in (
         capsys.readouterr().err)
     assert (out / ANNOTATED_DIR / "mine.png").read_bytes() == b"kept"
+
+
+def test_an_image_above_the_pixel_cap_is_refused_before_it_is_decoded(checkpoint, tmp_path,
+                                                                      capsys, monkeypatch):
+    from support.images import huge_png_header
+
+    from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(MAX_IMAGE_PIXELS))  # restored: --max-pixels sets it
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(huge_png_header())
+    assert main([checkpoint, str(bomb), "--out", str(tmp_path / "o1")]) == 2
+    assert f"{bomb}: more than" in capsys.readouterr().err
+    source = _blank_images(tmp_path / "in", "a.png", "b.png")
+    summary = predict(checkpoint, source, tmp_path / "o2", progress=False)
+    assert (summary.images, summary.errors) == (2, 0)
+    assert main([checkpoint, str(source), "--out", str(tmp_path / "o3"), "--max-pixels",
+                 "6399"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "o3" / PREDICTIONS_FILE).read_text().splitlines()]
+    assert ["80 x 80 pixels, above the limit of 6,399" in x["error"] for x in lines] == [True] * 2
