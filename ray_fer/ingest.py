@@ -290,16 +290,42 @@ def _row(item: SourceItem, image: np.ndarray, fold: int, dataset: str) -> FaceRo
     )
 
 
+def _unique_keys_loader():
+    """A safe YAML (and JSON) loader for which a key given twice in one mapping is an error:
+    PyYAML keeps the last value silently, so a class map listing a folder twice would map
+    it to whichever class came last."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Loader, node, deep: bool = False) -> dict:
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise ValueError(f"{key!r} is listed twice (lines {lines[key]} and {line}); "
+                                 "keep one")
+            lines[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
 def _load_class_map(path: str) -> dict[str, str]:
     """A folder → class mapping from a YAML or JSON file; clear error when malformed."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), _unique_keys_loader())
     except OSError as exc:
         raise ValueError(f"--class-map {path}: cannot read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ValueError(f"--class-map {path}: not valid YAML/JSON ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"--class-map {path}: {exc}") from None
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f"--class-map {path}: expected a mapping of folder name → class name")
@@ -327,6 +353,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--endpoint", help="S3 endpoint URL (default: AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--workers", type=int, help="decoding processes (default: CPU count)")
     p.add_argument("--class-map", help="YAML/JSON file: folder name → class name")
+    p.add_argument("--ignore-unknown-classes", action="store_true",
+                   help="class-folders: skip class folders that --class-map does not name")
     p.add_argument("--max-pixels", type=int, metavar="N",
                    help=f"refuse images of more than N pixels (default {MAX_IMAGE_PIXELS:,}; "
                         f"sets {MAX_PIXELS_ENV})")
@@ -347,6 +375,8 @@ def main(argv: Iterable[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         options = {"class_map": _load_class_map(args.class_map)} if args.class_map else {}
+        if args.ignore_unknown_classes:
+            options["ignore_unknown"] = True
         set_max_pixels(args.max_pixels)
         manifest = ingest(
             args.format, args.source, args.out, size=args.size, channels=args.channels,

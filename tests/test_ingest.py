@@ -353,6 +353,31 @@ def test_rows_are_written_in_a_seeded_mixed_order_not_class_by_class(ckplus_loca
     assert runs > len(names) // 3
 
 
+def test_a_class_map_listing_a_folder_twice_is_refused(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys: 'happy' would silently become 'anger'."""
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad"))
+    class_map = tmp_path / "map.yaml"
+    class_map.write_text("happy: happy\nsad: sad\nhappy: anger\n")
+    code, err = run_cli(capsys, "class-folders", str(source), "--out", str(tmp_path / "out"),
+                        "--class-map", str(class_map))
+    assert code == 1
+    assert f"--class-map {class_map}: 'happy' is listed twice (lines 1 and 3)" in err
+    assert_no_manifest(tmp_path / "out")
+
+
+def test_the_unknown_class_folder_hint_names_the_flag_that_skips_it(tmp_path, capsys):
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad", "joy"))
+    class_map = tmp_path / "map.yaml"
+    class_map.write_text("happy: happy\nsad: sad\n")
+    argv = ["class-folders", str(source), "--out", str(tmp_path / "out"), "--class-map",
+            str(class_map), "--folds", "3"]
+    code, err = run_cli(capsys, *argv)
+    assert code == 1 and "unknown class folder 'joy'" in err
+    assert "--ignore-unknown-classes" in err
+    assert run_cli(capsys, *argv, "--ignore-unknown-classes")[0] == 0
+    assert read_manifest(resolve(tmp_path / "out")).counts == {"train": {"happy": 3, "sad": 3}}
+
+
 def test_symlink_loops_and_links_to_folders_are_counted_as_skipped_with_the_reason(
         tmp_path, capsys):
     """Looped files were dropped silently and the manifest said skipped 0."""
