@@ -13,8 +13,9 @@ Writes ``<out>/predictions.jsonl`` (one line per image or video frame: the sourc
 size, and per face the box (x, y, w, h), label and confidence with every probability, or
 valence and arousal; ``"no_face": true`` when none is found) and, unless
 ``--no-annotate``, annotated copies (boxes with label and confidence) under
-``<out>/annotated/``: one image per photo, one ``.mp4`` per video. A folder is searched
-recursively for images; a video is sampled at ``--rate`` frames per second.
+``<out>/annotated/``: one image per photo, one ``.mp4`` per video; what an earlier run wrote
+there is replaced. A folder is searched recursively for images; a video is sampled at
+``--rate`` frames per second.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ Examples::
 On a cluster (``ray job submit``, RAY_ADDRESS set) it connects to it; otherwise it
 starts a local Ray. Results: ``<storage>/<name>/`` holds Tune's trial folders with their
 TensorBoard files (``tensorboard --logdir <storage>/<name>``), ``results.csv``/``.md``,
-``best_config.yaml`` and ``best_checkpoint/``.
+``best_config.yaml`` and ``best_checkpoint/``. Ctrl-C ends a search as interrupted (exit
+130): its table marks the unfinished trials, no best config or checkpoint is written, and
+``--resume`` finishes it.
 """
 
 from __future__ import annotations
