@@ -378,8 +378,8 @@ def check_data_files(data_uri: str, endpoint: str | None) -> None:
 
 
 def remove_untrained_run(run: Location) -> None:
-    """Delete the folder of a run that failed before its first checkpoint: it holds no
-    training, and its ``config.yaml`` would refuse the next run of that name."""
+    """Delete the folder of a new run that failed before its first checkpoint: it holds
+    no training, and its ``config.yaml`` would refuse the next run of that name."""
     with contextlib.suppress(OSError):  # e.g. the storage is what failed the run
         if latest_checkpoint_epoch(run) is None:
             run.fs.delete_dir(run.path)
@@ -392,13 +392,16 @@ def train(cfg: Config) -> RunOutcome:
     cfg = with_run_name(cfg)
     method, plan = plan_run(cfg)
     check_data_files(plan.data_uri, cfg.data.endpoint)
+    run = run_location(cfg)
+    # Only a folder this run creates may be removed (--name may name one that exists).
+    new = run.fs.get_file_info(run.path).type == pafs.FileType.NotFound
     connect(cfg.resources.cpus_per_worker, cfg.resources.workers)
     trainer = build_trainer(cfg, method, plan)
     try:
         outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
     except BaseException:
-        if not cfg.run.resume:
-            remove_untrained_run(run_location(cfg))
+        if new:
+            remove_untrained_run(run)
         raise
     if method.after_run is not None:
         method.after_run(Config.from_dict(plan.config), outcome)

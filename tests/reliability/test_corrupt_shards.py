@@ -151,21 +151,32 @@ def test_train_tune_and_evaluate_refuse_a_missing_or_cut_shard_before_ray_starts
 def test_training_on_a_damaged_shard_ends_on_one_error_line_and_leaves_no_run(tmp_path):
     """The damage shows only when the shard is read, in a Ray worker: the run fails with
     the shard named as the last line (Ray's worker logs come before it), exit code 2,
-    and leaves no run folder whose config.yaml would refuse the same --name."""
+    and leaves no run folder whose config.yaml would refuse the same --name (but never
+    removes a folder that was there before)."""
     bad = write_tiny_shards(tmp_path / "bad")
     _damage(bad, "bit-flipped")
     good = write_tiny_shards(tmp_path / "good")
-    argv = ["deep_emotion", "--storage", str(tmp_path / "runs"), "--name", "same",
-            "--epochs", "1", "--set", "data.shuffle_buffer=0"]
-    failed = _cli("ray_fer.train", *argv, "--data", bad, cwd=tmp_path)
+
+    def train(name: str, data: str) -> subprocess.CompletedProcess:
+        return _cli("ray_fer.train", "deep_emotion", "--storage", str(tmp_path / "runs"),
+                    "--name", name, "--epochs", "1", "--set", "data.shuffle_buffer=0",
+                    "--data", data, cwd=tmp_path)
+
+    failed = train("same", bad)
     assert failed.returncode == 2, failed.stderr[-3000:]
     lines = failed.stderr.rstrip("\n").splitlines()
     assert _error_lines(failed.stderr) == [lines[-1]]
     assert lines[-1].startswith(f"error: {resolve(bad).child_uri(DAMAGED)}: corrupt")
     assert not any(line.startswith("Traceback") for line in lines)  # none of the driver's
     assert not (tmp_path / "runs" / "same").exists()
-    again = _cli("ray_fer.train", *argv, "--data", good, cwd=tmp_path)
+    again = train("same", good)
     assert again.returncode == 0, again.stderr[-3000:]
+    # A folder the run did not create is never removed.
+    theirs = tmp_path / "runs" / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("kept")
+    assert train("theirs", bad).returncode == 2
+    assert (theirs / "notes.txt").read_text() == "kept"
 
 
 @pytest.mark.slow
