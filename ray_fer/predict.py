@@ -232,9 +232,11 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def check_video(path: Path, rate: float) -> None:
-    """PredictError unless OpenCV can open ``path`` as a video and ``rate`` is > 0."""
-    if not rate > 0:
-        raise PredictError(f"--rate must be > 0 frames per second, got {rate}")
+    """PredictError unless OpenCV can open ``path`` as a video and ``rate`` is a finite
+    number > 0."""
+    if not (rate > 0 and math.isfinite(rate)):
+        raise PredictError(f"--rate must be a finite number > 0 of frames per second, "
+                           f"got {rate}")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():

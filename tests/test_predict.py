@@ -195,3 +195,13 @@ def test_an_image_above_the_pixel_cap_is_refused_before_it_is_decoded(checkpoint
                  "6399"]) == 0
     lines = [json.loads(x) for x in (tmp_path / "o3" / PREDICTIONS_FILE).read_text().splitlines()]
     assert ["80 x 80 pixels, above the limit of 6,399" in x["error"] for x in lines] == [True] * 2
+
+
+@pytest.mark.parametrize("rate", ["inf", "nan", "0"])
+def test_a_video_rate_that_is_not_a_finite_positive_number_is_refused(checkpoint, tmp_path,
+                                                                      capsys, rate):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # refused before it is opened
+    assert main([checkpoint, str(video), "--rate", rate, "--out", str(tmp_path / "o")]) == 2
+    assert "--rate must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
