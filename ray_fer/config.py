@@ -13,7 +13,9 @@ standard AWS sources (see :mod:`ray_fer.storage`); only the endpoint URL is reco
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -189,7 +191,7 @@ class Config:
         """Build and validate a config from a nested mapping (e.g. a stored config.yaml)."""
         if not isinstance(raw, dict) or "method" not in raw:
             raise ConfigError("config: a mapping with a 'method' key is required")
-        cfg = merged(cls(method=_coerce("method", raw["method"], str)),
+        cfg = merged(cls(method=coerce("method", raw["method"], str)),
                      {k: v for k, v in raw.items() if k != "method"})
         validate(cfg)
         return cfg
@@ -211,7 +213,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
+def coerce(key: str, value: Any, tp: Any) -> Any:
     """``value`` converted to the annotated type ``tp``; ConfigError naming ``key`` if not."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -224,7 +226,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(key, value, arg)
+                return coerce(key, value, arg)
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if errors else f"config key {key!r}: must be null")
@@ -239,14 +241,14 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple):
             raise ConfigError(f"config key {key!r}: expects a list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+        return [coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is tuple:
         items = typing.get_args(tp)
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list | tuple) or len(value) != len(items):
             raise ConfigError(f"config key {key!r}: expects {len(items)} values, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(
+        return tuple(coerce(f"{key}[{i}]", v, t) for i, (v, t) in enumerate(
             zip(value, items, strict=True)))
     if tp is dict:
         if isinstance(value, str):
@@ -268,13 +270,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ValueError:
                 pass
     elif tp is float:
+        number = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
+            return number
     elif tp is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"config key {key!r}: expects {_type_name(tp)}, got {value!r}")
@@ -309,7 +314,7 @@ def merged(obj: Any, raw: dict, prefix: str = "") -> Any:
         elif isinstance(current, dict) and isinstance(value, dict):
             changes[key] = _deep_merge(current, value)
         else:
-            changes[key] = _coerce(here, value, hints[key])
+            changes[key] = coerce(here, value, hints[key])
     try:
         return dataclasses.replace(obj, **changes)
     except (TypeError, ValueError) as exc:
@@ -353,6 +358,7 @@ PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 def validate(cfg: Config) -> None:
     """Range checks the types cannot express; the message names the key."""
     checks = [
+        *((key, False, "must be a finite number") for key in _non_finite(cfg.to_dict())),
         ("train.epochs", cfg.train.epochs >= 1, "must be >= 1"),
         ("train.batch_size", cfg.train.batch_size >= 1, "must be >= 1"),
         ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "must be >= 1"),
@@ -360,7 +366,11 @@ def validate(cfg: Config) -> None:
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
         ("optim.weight_decay", cfg.optim.weight_decay >= 0, "must be >= 0"),
         ("optim.warmup", 0 <= cfg.optim.warmup < 1, "must be in [0, 1)"),
+        ("optim.momentum", 0 <= cfg.optim.momentum < 1, "must be in [0, 1)"),
+        ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "must be in [0, 1)"),
+        ("optim.beta2", 0 <= cfg.optim.beta2 < 1, "must be in [0, 1)"),
         ("optim.step_epochs", cfg.optim.step_epochs >= 1, "must be >= 1"),
+        ("optim.gamma", cfg.optim.gamma > 0, "must be > 0"),
         ("optim.final_lr_ratio", 0 <= cfg.optim.final_lr_ratio <= 1, "must be in [0, 1]"),
         ("loss.l2", cfg.loss.l2 >= 0, "must be >= 0"),
         ("loss.label_smoothing", 0 <= cfg.loss.label_smoothing < 1, "must be in [0, 1)"),
@@ -381,11 +391,38 @@ def validate(cfg: Config) -> None:
           for k, v in cfg.resources.custom.items()),
         ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, "must be >= 1"),
         ("run.max_failures", cfg.run.max_failures >= -1, "must be >= -1"),
-        ("run.name", "/" not in cfg.run.name, "must not contain '/'"),
+        ("run.name", not cfg.run.name or plain_name(cfg.run.name), NAME_RULE),
     ]
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"config key {key!r} {why}")
+
+
+#: What :func:`plain_name` asks of a run or experiment name, for messages.
+NAME_RULE = "must be one plain folder name (no '/' or '\\', not '.' or '..')"
+
+
+def plain_name(name: str) -> bool:
+    """Whether ``name`` is one plain path segment, so that ``<storage>/<name>`` stays a
+    folder inside ``storage`` (``..`` would put the run beside it, ``.`` into it)."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in "/\\\0")
+
+
+def check_name(name: str, flag: str = "--name") -> None:
+    """ConfigError naming ``flag`` unless ``name`` is a :func:`plain_name`."""
+    if not plain_name(name):
+        raise ConfigError(f"{flag} {name!r} {NAME_RULE}")
+
+
+def _non_finite(raw: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the NaN and infinite floats in ``raw`` (e.g. under ``model.options``,
+    which the dataclass types do not reach)."""
+    if isinstance(raw, dict):
+        return [k for key, value in raw.items() for k in _non_finite(value, f"{prefix}{key}.")]
+    if isinstance(raw, list | tuple):
+        return [k for i, value in enumerate(raw)
+                for k in _non_finite(value, f"{prefix.rstrip('.')}[{i}].")]
+    return [prefix.rstrip(".")] if isinstance(raw, float) and not math.isfinite(raw) else []
 
 
 def packaged_defaults(family: str, method: str) -> dict:

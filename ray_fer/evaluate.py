@@ -23,10 +23,10 @@ from ray_fer.config import ConfigError
 from ray_fer.data import stream
 from ray_fer.errors import UserError, print_error
 from ray_fer.reports.confusion import confusion_record, confusion_summary, plot_confusion
-from ray_fer.storage import resolve
+from ray_fer.storage import resolve, storage_error, writable_folder
 from ray_fer.train import metrics as M
-from ray_fer.train.checkpoint import load_checkpoint, local_checkpoint
-from ray_fer.train.loop import evaluate_shard, fit_batch, resolve_data_uri
+from ray_fer.train.checkpoint import read_checkpoint
+from ray_fer.train.loop import check_data_files, evaluate_shard, fit_batch, resolve_data_uri
 from ray_fer.train.steps import TrainState, classify_eval_sums, classify_logits, method_for
 
 TTA_CHOICES = ("flip", "tencrop")
@@ -61,8 +61,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, split: str | None = No
     """
     if tta is not None and tta not in TTA_CHOICES:
         raise ValueError(f"unknown --tta {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
-    with local_checkpoint(checkpoint, endpoint) as folder:
-        loaded = load_checkpoint(folder, map_location=device)
+    loaded = read_checkpoint(checkpoint, endpoint, map_location=device)
     cfg, info = loaded.cfg, loaded.info
     method = method_for(cfg.method)
     modules = method.build_modules(cfg, info)
@@ -75,6 +74,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, split: str | None = No
         fold = cfg.data.fold
         split = cfg.data.val_split
     uri = data or resolve_data_uri(cfg)
+    check_data_files(uri, endpoint)  # a shard missing or cut short: said before Ray starts
     ds, manifest = stream.open_split(uri, endpoint=endpoint,
                                      **_select(split, fold, cfg.data.train_splits))
     if list(manifest.class_names) != info.class_names:
@@ -112,7 +112,7 @@ def write_report(out_uri: str, metrics: dict, confusion: np.ndarray | None,
     """``metrics.json`` (+ ``confusion.json`` and ``confusion.png``) under ``out_uri``."""
     loc = resolve(out_uri, endpoint)
     if not loc.is_s3:
-        loc.fs.create_dir(loc.path, recursive=True)
+        writable_folder(loc.path)
     files = {"metrics.json": json.dumps(metrics, indent=2) + "\n"}
     if confusion is not None:
         class_names = metrics["class_names"]
@@ -120,9 +120,12 @@ def write_report(out_uri: str, metrics: dict, confusion: np.ndarray | None,
                                              indent=2) + "\n"
         files["confusion.png"] = plot_confusion(confusion, class_names,
                                                 title=confusion_title(metrics, confusion))
-    for name, content in files.items():
-        with loc.fs.open_output_stream(loc.join(name)) as f:
-            f.write(content.encode() if isinstance(content, str) else content)
+    try:
+        for name, content in files.items():
+            with loc.fs.open_output_stream(loc.join(name)) as f:
+                f.write(content.encode() if isinstance(content, str) else content)
+    except OSError as exc:
+        raise storage_error(loc, exc, "write") from None
 
 
 def confusion_title(metrics: dict, confusion: np.ndarray) -> str:
@@ -156,14 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
     args = p.parse_args(argv)
+    out = args.out or default_out(args.checkpoint, args.split, args.fold)
     try:
         metrics, confusion = evaluate(args.checkpoint, data=args.data, split=args.split,
                                       fold=args.fold, tta=args.tta, endpoint=args.endpoint,
                                       batch_size=args.batch_size, device=args.device)
-    except (UserError, ValueError) as exc:
+        write_report(out, metrics, confusion, args.endpoint)
+    except (UserError, ValueError) as exc:  # also one raised in a Ray Data read task
         return print_error(exc)
-    out = args.out or default_out(args.checkpoint, args.split, args.fold)
-    write_report(out, metrics, confusion, args.endpoint)
     print(json.dumps({k: v for k, v in metrics.items() if k != "per_class"}, indent=2))
     print(f"wrote {out}")
     return 0

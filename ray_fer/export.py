@@ -36,7 +36,8 @@ from torch import nn
 from ray_fer.config import Config, ConfigError
 from ray_fer.errors import UserError, print_error
 from ray_fer.models.registry import build_model, model_defaults
-from ray_fer.train.checkpoint import CheckpointError, load_checkpoint, local_checkpoint
+from ray_fer.storage import writable_folder
+from ray_fer.train.checkpoint import CheckpointError, read_checkpoint
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -111,8 +112,7 @@ def load_trained(checkpoint: str, *, endpoint: str | None = None,
     CheckpointError for a folder that is not a checkpoint, ConfigError for a method
     whose checkpoint holds no single inference network (the face autoencoder).
     """
-    with local_checkpoint(checkpoint, endpoint) as folder:
-        loaded = load_checkpoint(folder, map_location=device)
+    loaded = read_checkpoint(checkpoint, endpoint, map_location=device)
     cfg, info = loaded.cfg, loaded.info
     defaults = model_defaults(cfg.model_name)
     if defaults.task == "va" and defaults.family != "caf":
@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else default_out(args.checkpoint, args.format)
     try:
         trained = load_trained(args.checkpoint, endpoint=args.endpoint)
+        if out.is_dir():
+            raise ConfigError(f"--out {out}: is a folder; name the file to write")
+        writable_folder(out.parent)
         if args.format == "onnx":
             diff = export_onnx(trained, out, opset=args.opset)
         else:

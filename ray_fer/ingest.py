@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -31,6 +32,7 @@ import numpy as np
 from ray_fer.data.detectors import AUTO, CHOICES, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats import DatasetFormatError, Reader, SourceItem, get_reader
+from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV, set_max_pixels
 from ray_fer.data.shards import FaceRow, Manifest, ShardWriter, invalidate
 from ray_fer.data.splits import assign_folds, carve_validation, stratified_holdout
 from ray_fer.errors import UserError
@@ -95,6 +97,7 @@ def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
         return
     # forkserver: workers do not inherit the parent's S3 client threads (fork-unsafe).
     ctx = multiprocessing.get_context("forkserver")
+    before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     todo = iter(chunks)
     try:
@@ -103,6 +106,13 @@ def _ordered_map(fn: Callable, chunks: Sequence, workers: int) -> Iterator:
             result = pending.popleft().result()
             pending.extend(pool.submit(fn, c) for c in islice(todo, 1))
             yield result
+    except BaseException:
+        # Failed, or stopped (Ctrl-C, SIGTERM, the consumer gone): end the pool's workers
+        # now, not once each has finished its chunk (ProcessPoolExecutor can do that itself
+        # only from Python 3.14 on).
+        for process in set(multiprocessing.active_children()) - before:
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -336,16 +346,42 @@ def _row(item: SourceItem, image: np.ndarray, fold: int, dataset: str) -> FaceRo
     )
 
 
+def _unique_keys_loader():
+    """A safe YAML (and JSON) loader for which a key given twice in one mapping is an error:
+    PyYAML keeps the last value silently, so a class map listing a folder twice would map
+    it to whichever class came last."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Loader, node, deep: bool = False) -> dict:
+        lines: dict = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in lines:
+                raise ValueError(f"{key!r} is listed twice (lines {lines[key]} and {line}); "
+                                 "keep one")
+            lines[key] = line
+        return loader.construct_mapping(node, deep=deep)
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
+
+
 def _load_class_map(path: str) -> dict[str, str]:
     """A folder → class mapping from a YAML or JSON file; clear error when malformed."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), _unique_keys_loader())
     except OSError as exc:
         raise ValueError(f"--class-map {path}: cannot read ({exc.strerror})") from exc
     except yaml.YAMLError as exc:
         raise ValueError(f"--class-map {path}: not valid YAML/JSON ({exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"--class-map {path}: {exc}") from None
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValueError(f"--class-map {path}: expected a mapping of folder name → class name")
@@ -380,6 +416,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--detector", choices=CHOICES, default=AUTO,
                    help="face detector for whole photos: haar (OpenCV, always there), mtcnn "
                         "(pip install 'ray_fer[detect]'), auto = mtcnn if installed, else haar")
+    p.add_argument("--ignore-unknown-classes", action="store_true",
+                   help="class-folders: skip class folders that --class-map does not name")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help=f"refuse images of more than N pixels (default {MAX_IMAGE_PIXELS:,}; "
+                        f"sets {MAX_PIXELS_ENV})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -387,8 +428,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Iterable[str] | None = None) -> int:
     """CLI entry; returns the exit code. User errors print one line, no traceback."""
     args = _parser().parse_args(None if argv is None else list(argv))
+    stopped_by: list[int] = []
+
+    def stop(signum: int, frame) -> None:
+        # SIGTERM ends an ingest as Ctrl-C does: workers stopped, no manifest.
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         options = {"class_map": _load_class_map(args.class_map)} if args.class_map else {}
+        if args.ignore_unknown_classes:
+            options["ignore_unknown"] = True
+        set_max_pixels(args.max_pixels)
         manifest = ingest(
             args.format, args.source, args.out, size=args.size, channels=args.channels,
             folds=args.folds, seed=args.seed, endpoint=args.endpoint, workers=args.workers,
@@ -401,7 +453,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("ingest interrupted (no manifest written)", file=sys.stderr)
-        return 130
+        return 128 + (stopped_by[0] if stopped_by else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(_summary(manifest, args.out))
     return 0
 

@@ -15,8 +15,9 @@ Writes ``<out>/predictions.jsonl`` (one line per image or video frame: the sourc
 size, and per face the box (x, y, w, h), label and confidence with every probability, or
 valence and arousal; ``"no_face": true`` when none is found) and, unless
 ``--no-annotate``, annotated copies (boxes with label and confidence) under
-``<out>/annotated/``: one image per photo, one ``.mp4`` per video. A folder is searched
-recursively for images; a video is sampled at ``--rate`` frames per second.
+``<out>/annotated/``: one image per photo, one ``.mp4`` per video; what an earlier run wrote
+there is replaced. A folder is searched recursively for images; a video is sampled at
+``--rate`` frames per second.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -37,10 +39,18 @@ import torch
 from ray_fer.config import ConfigError
 from ray_fer.data.detectors import AUTO, CHOICES, MIN_FACE, get_detector, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
-from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
+from ray_fer.data.formats.base import (
+    MAX_IMAGE_PIXELS,
+    MAX_PIXELS_ENV,
+    DatasetFormatError,
+    SourceItem,
+    decode_image,
+    set_max_pixels,
+)
 from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
+from ray_fer.storage import writable_folder
 from ray_fer.train.checkpoint import CheckpointError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
@@ -226,9 +236,11 @@ def read_image(path: Path) -> np.ndarray:
 
 
 def check_video(path: Path, rate: float) -> None:
-    """PredictError unless OpenCV can open ``path`` as a video and ``rate`` is > 0."""
-    if not rate > 0:
-        raise PredictError(f"--rate must be > 0 frames per second, got {rate}")
+    """PredictError unless OpenCV can open ``path`` as a video and ``rate`` is a finite
+    number > 0."""
+    if not (rate > 0 and math.isfinite(rate)):
+        raise PredictError(f"--rate must be a finite number > 0 of frames per second, "
+                           f"got {rate}")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
@@ -279,10 +291,34 @@ class Summary:
     errors: int = 0
 
 
+def output_folder(out: Path) -> Path:
+    """``out`` ready for a run: writable, and without what an earlier run wrote there
+    (``predictions.jsonl``, ``annotated/``), so old annotated images never mix with new
+    ones. A folder whose ``annotated/`` no run of predict wrote (there is no
+    ``predictions.jsonl`` beside it) is refused, not cleared."""
+    writable_folder(out)
+    annotated = out / ANNOTATED_DIR
+    if not (out / PREDICTIONS_FILE).is_file():
+        if annotated.exists():
+            raise PredictError(f"--out {out}: holds {ANNOTATED_DIR}/ but no "
+                               f"{PREDICTIONS_FILE}, so predict did not write it; choose "
+                               "another --out")
+        return out
+    try:
+        if annotated.is_dir() and not annotated.is_symlink():
+            shutil.rmtree(annotated)
+        else:
+            annotated.unlink(missing_ok=True)
+        (out / PREDICTIONS_FILE).unlink()
+    except OSError as exc:
+        raise PredictError(f"--out {out}: cannot replace the earlier predictions there "
+                           f"({exc.strerror or exc})") from None
+    return out
+
+
 class _Output:
     def __init__(self, out: Path, annotate_images: bool) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.out = out
+        self.out = output_folder(out)
         self.annotate = annotate_images
         self.lines = (out / PREDICTIONS_FILE).open("w")
         self.summary = Summary()
@@ -408,8 +444,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--endpoint", help="S3 endpoint URL (else AWS_ENDPOINT_URL[_S3])")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-pixels", type=int, metavar="N",
+                   help=f"refuse images of more than N pixels (default {MAX_IMAGE_PIXELS:,}; "
+                        f"sets {MAX_PIXELS_ENV})")
     args = p.parse_args(argv)
     try:
+        set_max_pixels(args.max_pixels)
         summary = predict(args.model, args.source, args.out, rate=args.rate,
                           min_face=args.min_face, detector=args.detector,
                           annotate_images=not args.no_annotate,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -118,6 +119,36 @@ def resolve(uri: str | os.PathLike, endpoint: str | None = None) -> Location:
     return Location(uri=str(path), fs=pafs.LocalFileSystem(), path=str(path))
 
 
+#: What to check when S3 refuses or cannot be reached.
+S3_ADVICE = ("Check --endpoint / AWS_ENDPOINT_URL_S3 and the AWS credentials "
+             "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE).")
+
+
+def storage_error(loc: Location, exc: OSError, doing: str = "use") -> StorageError:
+    """The one-line StorageError for an OSError that ``loc``'s filesystem raised while
+    ``doing`` something with it (S3: with what to check, e.g. after ACCESS_DENIED)."""
+    reason = str(exc).split("\n", 1)[0].rstrip(".")
+    if loc.is_s3:
+        return StorageError(f"cannot {doing} {loc.uri} at endpoint "
+                            f"{loc.endpoint or 'AWS default'}: {reason}. {S3_ADVICE}")
+    return StorageError(f"cannot {doing} {loc.uri}: {reason}")
+
+
+def writable_folder(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """The local folder ``path``, created if missing and proven writable by creating and
+    removing a file in it: a command checks its output folder before any work, and a
+    StorageError names ``flag`` when it cannot write there."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".ray_fer-probe-"):
+            pass
+    except OSError as exc:
+        raise StorageError(f"{flag} {path}: cannot write there ({exc.strerror or exc}); "
+                           "choose a folder you can write to") from None
+    return folder
+
+
 def check_reachable(loc: Location) -> None:
     """Fail early, with advice, when ``loc``'s bucket cannot be reached or used."""
     if not loc.is_s3:
@@ -128,8 +159,7 @@ def check_reachable(loc: Location) -> None:
     except OSError as exc:
         raise StorageError(
             f"cannot reach S3 bucket {bucket!r} at endpoint {loc.endpoint or 'AWS default'}: "
-            f"{exc}. Check --endpoint / AWS_ENDPOINT_URL_S3 and the AWS credentials "
-            "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY or AWS_PROFILE)."
+            f"{exc}. {S3_ADVICE}"
         ) from exc
     if info.type == pafs.FileType.NotFound:
         raise StorageError(

@@ -17,12 +17,16 @@ Examples::
 On a cluster (``ray job submit``, RAY_ADDRESS set) it connects to it; otherwise it
 starts a local Ray. Results: ``<storage>/<name>/`` holds Tune's trial folders with their
 TensorBoard files (``tensorboard --logdir <storage>/<name>``), ``results.csv``/``.md``,
-``best_config.yaml`` and ``best_checkpoint/``.
+``best_config.yaml`` and ``best_checkpoint/``. Ctrl-C ends a search as interrupted (exit
+130): its table marks the unfinished trials, no best config or checkpoint is written, and
+``--resume`` finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import shlex
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -30,17 +34,32 @@ from pathlib import Path
 
 import yaml
 
-from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
-from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override, validate
+from ray_fer.cluster.runtime import (
+    connect,
+    stop_tune_copying_credentials,
+    uncached_bytecode,
+    warm_workers,
+)
+from ray_fer.config import (
+    PLACEMENTS,
+    Config,
+    ConfigError,
+    build_config,
+    check_name,
+    override,
+    validate,
+)
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
 from ray_fer.models.registry import model_options
 from ray_fer.storage import Location, resolve
+from ray_fer.tuning.interrupt import signals_seen
 from ray_fer.tuning.results import (
     export_checkpoint,
     results_csv,
     results_markdown,
     trial_rows,
+    unfinished_trials,
     write_text,
 )
 from ray_fer.tuning.search import Search, bases_from_yaml, make_search
@@ -59,6 +78,11 @@ SETTING_BOUNDS = {"num_samples": ("--num-samples", 1), "max_concurrent": ("--max
 BASE_FILE = "base_configs.yaml"
 #: The search space as the experiment started it (``--resume`` reads it, not today's file).
 SPACE_FILE = "search_space.yaml"
+#: Exit status of an interrupted search (128 + SIGINT, as a shell reports Ctrl-C).
+INTERRUPTED_EXIT = 130
+#: Heads the results of an interrupted search: they name no winner.
+PARTIAL_NOTE = ("Interrupted: partial results, no best trial chosen; resume the search "
+                "with --resume.\n\n")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -168,17 +192,23 @@ def base_configs(args: argparse.Namespace) -> Search:
                                       if key in space.keys})
 
 
-def settings(args: argparse.Namespace, space: SearchSpace) -> dict:
+def settings(args: argparse.Namespace, space: SearchSpace, epochs: int) -> dict:
     """Search settings: defaults < the YAML's ``search_settings`` < flags; each checked
-    against its lower bound (ConfigError naming the flag)."""
+    against its lower bound, the grace period against the longest schedule, ``epochs``
+    (ConfigError naming the flag)."""
     out = DEFAULT_SETTINGS | space.settings
     for key in DEFAULT_SETTINGS:
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
     for key, (flag, low) in SETTING_BOUNDS.items():
-        if out[key] is not None and out[key] < low:
+        if out[key] is not None and not out[key] >= low:  # also refuses NaN
             raise ConfigError(f"{flag} must be >= {low}, got {out[key]}")
+        if out[key] is not None and not math.isfinite(out[key]):
+            raise ConfigError(f"{flag} must be a finite number, got {out[key]}")
+    if out["grace_period"] > epochs:
+        raise ConfigError(f"--grace-period {out['grace_period']} is longer than the longest "
+                          f"schedule ({epochs} epochs, --epochs); lower it or train longer")
     return out
 
 
@@ -211,9 +241,6 @@ def asha_settings(search: Search, opts: dict) -> dict:
     from ray_fer.train.loop import SCHEDULE_PCT
 
     longest = search.max_epochs
-    if opts["grace_period"] > longest:
-        raise ConfigError(f"--grace-period {opts['grace_period']} is longer than the longest "
-                          f"schedule ({longest} epochs)")
     return {"time_attr": SCHEDULE_PCT, "metric": search.metric, "mode": search.mode,
             "max_t": 100.0, "grace_period": 100.0 * opts["grace_period"] / longest,
             "reduction_factor": opts["reduction_factor"]}
@@ -279,8 +306,14 @@ def build_tuner(search: Search, opts: dict, *, storage: str, name: str, seed: in
     )
 
 
-def summarize(grid, search: Search, *, storage: str, name: str) -> str:
-    """Write the results table, best config and best checkpoint; return the printed summary."""
+def summarize(grid, search: Search, *, storage: str, name: str,
+              unfinished: set[str] | None = None) -> str:
+    """Write the results table, best config and best checkpoint; return the printed summary.
+
+    ``unfinished``: the search was interrupted, these trials had not finished
+    (:func:`~ray_fer.tuning.results.unfinished_trials`): the table marks them, says the
+    results are partial, and no best config or checkpoint is written.
+    """
     from ray_fer.train.steps import method_for, run_targets
 
     cfg = search.first
@@ -289,15 +322,20 @@ def summarize(grid, search: Search, *, storage: str, name: str) -> str:
     rows = trial_rows(grid, metric=search.metric, mode=search.mode,
                       epochs=lambda values: search.trial_config(
                           values, storage="", name="").train.epochs,
-                      params_of=search.space.assignment, storage=exp)
+                      params_of=search.space.assignment, storage=exp,
+                      unfinished=unfinished or ())
     write_text(exp, "results.csv", results_csv(rows, search.metric, keys))
     targets = run_targets(method_for(cfg.method),
                           read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
     table = results_markdown(rows, search.metric, keys)
-    write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)
+    partial = PARTIAL_NOTE if unfinished is not None else ""
+    write_text(exp, "results.md", partial + (f"Targets: {targets}.\n\n{table}" if targets
+                                             else table))
     lines = [f"search {name}: {len(rows)} trials, metric {search.metric} ({search.mode}){on}",
              table]
+    if unfinished is not None:
+        return "\n".join([*lines, partial.strip()])
     best = rows[0] if rows and rows[0].checkpoint else None
     if best is None:
         lines.append("no trial reported a checkpoint")
@@ -340,9 +378,10 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
     try:
         if args.max_failures < 0:
             raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
+        check_name(name)
         search = base_configs(args)
-        opts = settings(args, search.space)
-        from ray_fer.train.loop import resolve_data_uri
+        opts = settings(args, search.space, search.max_epochs)
+        from ray_fer.train.loop import check_data_files, resolve_data_uri
 
         # Materialise the embedded data once, in the driver, not in every trial (on a
         # cluster with S3 storage: under the experiments' storage, for every node).
@@ -355,9 +394,13 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         else:
             search = replace(search, bases={m: override(c, "data.uri", data)
                                             for m, c in search.bases.items()})
+        cfg = search.first
+        check_data_files(cfg.data.uri, cfg.data.endpoint)
+        if not args.resume:
             write_text(exp, BASE_FILE, search.bases_yaml())
             write_text(exp, SPACE_FILE, Path(search.space.source).read_text())
-        cfg = search.first
+        # Workers read credentials from their own environment, never from a runtime env.
+        stop_tune_copying_credentials()
         # Many trials' Ray Data progress bars interleave into noise; Tune's table says enough.
         connect(cfg.resources.cpus_per_worker, cfg.resources.workers,
                 extra={"RAY_DATA_DISABLE_PROGRESS_BARS": "1"})
@@ -370,9 +413,35 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
                             trial_fn=trial_fn)
     except UserError as exc:
         return print_error(exc)
-    grid = tuner.fit()
+    except KeyboardInterrupt:
+        return interrupted(args, name, started=args.resume)
+    with signals_seen() as stopped:
+        try:
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C: Tune stopped at once
+            return interrupted(args, name, started=True)
+    unfinished = unfinished_trials(exp)
+    if unfinished or stopped():
+        print(summarize(grid, search, storage=args.storage, name=name, unfinished=unfinished))
+        return interrupted(args, name, started=True)
     print(summarize(grid, search, storage=args.storage, name=name))
     return 0 if any(r.error is None for r in grid) else 1
+
+
+def interrupted(args: argparse.Namespace, name: str, *, started: bool) -> int:
+    """Say on stderr, in one line, that Ctrl-C interrupted search ``name`` and how to
+    resume it (``started``: it has an experiment to resume); returns the exit status."""
+    if started:
+        command = ["python", "-m", "ray_fer.tune", args.method,
+                   *(["--space", args.space] if args.space else []),
+                   "--storage", args.storage, "--name", name,
+                   *(["--endpoint", args.endpoint] if args.endpoint else []), "--resume"]
+        print(f"search {name!r} interrupted; resume with --resume: {shlex.join(command)}",
+              file=sys.stderr)
+    else:
+        print(f"search {name!r} interrupted before its first trial; nothing to resume",
+              file=sys.stderr)
+    return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

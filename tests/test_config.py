@@ -3,14 +3,24 @@ a lossless YAML round trip, and the train CLI refusing a bad key before Ray star
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
 
-from ray_fer.config import Config, ConfigError, build_config, override, packaged_defaults
-from ray_fer.models import model_names
+from ray_fer.config import (
+    Config,
+    ConfigError,
+    build_config,
+    check_name,
+    override,
+    packaged_defaults,
+)
+from ray_fer.models import model_defaults, model_names
 from ray_fer.train.steps import method_for
 
 
@@ -34,7 +44,8 @@ def test_method_overrides_sit_on_family_defaults():
     assert resnet.data.val_split == emotion.data.val_split == "val"
 
 
-@pytest.mark.parametrize("method", model_names("classify"))
+@pytest.mark.parametrize("method", [m for m in model_names("classify")
+                                    if model_defaults(m).trainable])
 def test_packaged_model_options_are_ones_the_model_takes(method):
     """Recipes set model options (the EfficientNets' head dropout); a misspelt one would
     fail every default run of that model. The check is the one every run makes."""
@@ -77,6 +88,69 @@ def test_bad_values_raise_errors_naming_the_key(key, value, named):
     ("resources.custom.node_b", "lots")])
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+
+
+def _float_keys(section, prefix: str = "") -> list[str]:
+    """Every dotted key of ``section`` whose type holds floats (also in tuples)."""
+    keys = []
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += _float_keys(value, f"{prefix}{f.name}.")
+        else:
+            tp = typing.get_type_hints(type(section))[f.name]
+            if typing.get_origin(tp) is not dict and float in (tp, *typing.get_args(tp)):
+                keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+FLOAT_KEYS = _float_keys(Config(method="deep_emotion"))
+
+
+def test_the_float_keys_are_found():
+    assert {"optim.lr", "loss.l2", "optim.warmup", "augment.scale",
+            "resources.gpus_per_worker"} <= set(FLOAT_KEYS), FLOAT_KEYS
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", float("inf"), float("nan")])
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+def test_every_float_key_refuses_non_finite_values(key, value):
+    """``--lr inf`` trained to NaN and reported a best checkpoint."""
+    if key in ("augment.scale", "augment.erasing_area"):  # pairs
+        value = f"{value},1.0"
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}.*finite"):
+        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize("key", ["model.options.dropout", "resources.custom.node_b",
+                                 "options.margin"])
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_mappings_refuse_non_finite_values_too(key, value):
+    with pytest.raises(ConfigError, match=rf"{re.escape(key)}' must be a finite number"):
+        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "/abs", "../up"])
+def test_a_run_name_must_be_one_plain_folder_name(name):
+    with pytest.raises(ConfigError, match="run.name' must be one plain folder name"):
+        build_config("deep_emotion", "classify", sets=[f"run.name={name}"])
+    with pytest.raises(ConfigError, match="--name .* must be one plain folder name"):
+        check_name(name)
+
+
+@pytest.mark.parametrize("name", ["de-l2", "run.1", "..x", "a b"])
+def test_plain_names_pass(name):
+    check_name(name)
+    assert build_config("deep_emotion", "classify", sets=[f"run.name={name}"]).run.name == name
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("optim.beta1", "7"), ("optim.beta1", "-0.1"), ("optim.beta2", "1"),
+    ("optim.momentum", "-0.5"), ("optim.momentum", "1.5"), ("optim.gamma", "0")])
+def test_optimizer_settings_out_of_range_name_the_key(key, value):
+    """torch refused these only inside the worker, after Ray had started."""
+    with pytest.raises(ConfigError, match=re.escape(key)):
         build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
 
 

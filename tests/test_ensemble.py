@@ -121,3 +121,10 @@ def test_cli_prints_one_error_line_for_a_missing_rule(members, capsys):
     with pytest.raises(SystemExit):
         E.main(members)
     assert "one of the arguments --top --greedy is required" in capsys.readouterr().err
+
+
+def test_an_ensemble_is_assembled_not_trained(capsys):
+    from ray_fer.train.__main__ import main as train_main
+
+    assert train_main(["ensemble"]) == 2
+    assert "build one from trained runs with python -m ray_fer.ensemble" in capsys.readouterr().err

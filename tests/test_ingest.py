@@ -7,9 +7,13 @@ no manifest behind (also when a valid one was there before).
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -17,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from support.images import huge_png_header
 from support.s3 import free_ports
 
 from ray_fer.data.detectors import mtcnn_installed, resolve_detector
@@ -437,3 +442,117 @@ def test_bad_validation_carving_is_refused_before_any_work(tmp_path, fraction, h
     with pytest.raises(ValueError, match=says):
         ingest("fer2013-csv", tmp_path / "missing.csv", str(tmp_path / "out"),
                progress=False, val_from_train=fraction, holdout=holdout)
+
+
+def test_a_class_map_listing_a_folder_twice_is_refused(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys: 'happy' would silently become 'anger'."""
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad"))
+    class_map = tmp_path / "map.yaml"
+    class_map.write_text("happy: happy\nsad: sad\nhappy: anger\n")
+    code, err = run_cli(capsys, "class-folders", str(source), "--out", str(tmp_path / "out"),
+                        "--class-map", str(class_map))
+    assert code == 1
+    assert f"--class-map {class_map}: 'happy' is listed twice (lines 1 and 3)" in err
+    assert_no_manifest(tmp_path / "out")
+
+
+def test_the_unknown_class_folder_hint_names_the_flag_that_skips_it(tmp_path, capsys):
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad", "joy"))
+    class_map = tmp_path / "map.yaml"
+    class_map.write_text("happy: happy\nsad: sad\n")
+    argv = ["class-folders", str(source), "--out", str(tmp_path / "out"), "--class-map",
+            str(class_map), "--folds", "3"]
+    code, err = run_cli(capsys, *argv)
+    assert code == 1 and "unknown class folder 'joy'" in err
+    assert "--ignore-unknown-classes" in err
+    assert run_cli(capsys, *argv, "--ignore-unknown-classes")[0] == 0
+    assert read_manifest(resolve(tmp_path / "out")).counts == {"train": {"happy": 3, "sad": 3}}
+
+
+def test_symlink_loops_and_links_to_folders_are_counted_as_skipped_with_the_reason(
+        tmp_path, capsys):
+    """Looped files were dropped silently and the manifest said skipped 0."""
+    source = write_ckplus_like(tmp_path / "src", classes=("happy", "sad"))
+    (source / "happy" / "a.png").symlink_to("b.png")
+    (source / "happy" / "b.png").symlink_to("a.png")
+    (source / "happy" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    (source / "sad" / "again").symlink_to(source / "sad", target_is_directory=True)
+    out = tmp_path / "out"
+    assert main(["class-folders", str(source), "--out", str(out), "--folds", "3",
+                 "--no-progress"]) == 0
+    assert "skipped 4" in capsys.readouterr().out
+    manifest = read_manifest(resolve(out))
+    assert manifest.skipped == [
+        {"file": "happy/a.png", "reason": "symlink loop"},
+        {"file": "happy/b.png", "reason": "symlink loop"},
+        {"file": "happy/gone.png", "reason": "broken symlink (its target does not exist)"},
+        {"file": "sad/again", "reason": "symlink to a folder, not followed"}]
+    assert manifest.num_rows == 6
+
+
+def test_images_above_the_pixel_cap_fail_the_ingest_naming_the_file_and_flag(
+        tmp_path, capsys, monkeypatch):
+    from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(MAX_IMAGE_PIXELS))  # restored: --max-pixels sets it
+    source = write_ckplus_like(tmp_path / "src")
+    bomb = source / "happy" / "S009_001_00000001.png"
+    bomb.write_bytes(huge_png_header())
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                        "--folds", "2", "--workers", "1")
+    assert code == 1 and f"{bomb}: more than" in err and "--max-pixels" in err
+    bomb.unlink()
+    code, err = run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                        "--folds", "2", "--max-pixels", str(48 * 48 - 1))
+    assert code == 1 and "48 x 48 pixels, above the limit of 2,303" in err
+    assert run_cli(capsys, "ckplus48", str(source), "--out", str(tmp_path / "out"),
+                   "--folds", "2", "--max-pixels", str(48 * 48))[0] == 0
+
+
+def _marked(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``INGEST_TEST_MARK=marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"INGEST_TEST_MARK={marker}".encode() in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_workers_the_forkserver_and_the_resource_tracker(tmp_path):
+    """SIGTERM killed only the driver: the pool's workers, forkserver and resource tracker
+    lived on, orphaned. It now ends an ingest as Ctrl-C does."""
+    marker = secrets.token_hex(8)
+    env = dict(os.environ, INGEST_TEST_MARK=marker,
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ray_fer.ingest", "synthetic", "default", "--out",
+         str(tmp_path / "out"), "--workers", "2", "--folds", "2", "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        # The driver, the resource tracker, the forkserver and two workers.
+        while len(_marked(marker)) < 5:
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, _marked(marker)
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "ingest interrupted (no manifest written)" in err
+        deadline = time.monotonic() + 10
+        while _marked(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _marked(marker) == []
+        assert_no_manifest(tmp_path / "out")
+    finally:
+        for pid in _marked(marker):  # only what this test started, by pid
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait()

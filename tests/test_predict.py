@@ -167,3 +167,65 @@ def test_mtcnn_without_its_package_is_one_error_line(checkpoint, photos, tmp_pat
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "pip install 'ray_fer[detect]'" in err
     assert not (tmp_path / "out").exists()
+
+
+def _blank_images(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True)
+    for name in names:
+        cv2.imwrite(str(folder / name), np.full((80, 80), 128, np.uint8))
+    return folder
+
+
+def test_a_run_into_an_earlier_runs_out_replaces_its_output(checkpoint, tmp_path):
+    """Old annotated images stayed beside the new ones, as if predicted now."""
+    out = tmp_path / "out"
+    predict(checkpoint, _blank_images(tmp_path / "first", "old.png"), out, progress=False)
+    assert (out / ANNOTATED_DIR / "old.png").is_file()
+    (out / "notes.md").write_text("the user's own file")
+    predict(checkpoint, _blank_images(tmp_path / "second", "new.png"), out, progress=False)
+    assert sorted(p.name for p in (out / ANNOTATED_DIR).rglob("*")) == ["new.png"]
+    lines = (out / PREDICTIONS_FILE).read_text().splitlines()
+    assert len(lines) == 1 and "new.png" in lines[0]
+    assert (out / "notes.md").read_text() == "the user's own file"
+
+
+def test_an_out_holding_annotated_images_predict_did_not_write_is_refused(checkpoint,
+                                                                         tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / ANNOTATED_DIR).mkdir(parents=True)
+    (out / ANNOTATED_DIR / "mine.png").write_bytes(b"kept")
+    source = _blank_images(tmp_path / "in", "a.png")
+    assert main([checkpoint, str(source), "--out", str(out)]) == 2
+    assert f"--out {out}: holds {ANNOTATED_DIR}/ but no {PREDICTIONS_FILE}" in (
+        capsys.readouterr().err)
+    assert (out / ANNOTATED_DIR / "mine.png").read_bytes() == b"kept"
+
+
+def test_an_image_above_the_pixel_cap_is_refused_before_it_is_decoded(checkpoint, tmp_path,
+                                                                      capsys, monkeypatch):
+    from support.images import huge_png_header
+
+    from ray_fer.data.formats.base import MAX_IMAGE_PIXELS, MAX_PIXELS_ENV
+
+    monkeypatch.setenv(MAX_PIXELS_ENV, str(MAX_IMAGE_PIXELS))  # restored: --max-pixels sets it
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(huge_png_header())
+    assert main([checkpoint, str(bomb), "--out", str(tmp_path / "o1")]) == 2
+    assert f"{bomb}: more than" in capsys.readouterr().err
+    source = _blank_images(tmp_path / "in", "a.png", "b.png")
+    summary = predict(checkpoint, source, tmp_path / "o2", progress=False)
+    assert (summary.images, summary.errors) == (2, 0)
+    assert main([checkpoint, str(source), "--out", str(tmp_path / "o3"), "--max-pixels",
+                 "6399"]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "o3" / PREDICTIONS_FILE).read_text().splitlines()]
+    assert ["80 x 80 pixels, above the limit of 6,399" in x["error"] for x in lines] == [True] * 2
+
+
+@pytest.mark.parametrize("rate", ["inf", "nan", "0"])
+def test_a_video_rate_that_is_not_a_finite_positive_number_is_refused(checkpoint, tmp_path,
+                                                                      capsys, rate):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")  # refused before it is opened
+    assert main([checkpoint, str(video), "--rate", rate, "--out", str(tmp_path / "o")]) == 2
+    assert "--rate must be a finite number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

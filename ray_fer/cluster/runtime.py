@@ -16,6 +16,33 @@ TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 TRAIN_POLL_S = "0.1"
 
 
+#: The standard AWS credential variables. They never travel in a runtime environment: Ray's
+#: runtime-env agent logs every environment it creates (``runtime_env_agent.log``, readable
+#: by every user of the machine). Workers read them from their own environment instead,
+#: which a local Ray started by the driver inherits and a cluster node has from the
+#: environment of its ``ray start`` (or an instance profile, a pod's role, a profile).
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                                  "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN"})
+
+
+def stop_tune_copying_credentials() -> None:
+    """Make Ray Tune stop copying this driver's AWS credentials into the runtime
+    environment of every trial process.
+
+    Ray Tune 2.60 puts each variable of ``ray.tune.execution.class_cache``'s
+    ``ENV_VARS_TO_PROPAGATE`` that the driver has, AWS credentials included, into the
+    ``env_vars`` of the trials' actor class, read when a trial starts. No public setting
+    turns that off, so the credential names leave that set, the one place Tune reads
+    them from. Without this, every search with AWS_SECRET_ACCESS_KEY set wrote the secret
+    about 30 times into the session's ``runtime_env_agent.log`` (tests/test_security.py).
+    tests/cluster/test_runtime.py pins it to Ray 2.60: a newer Ray must be checked again.
+    """
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        set(class_cache.ENV_VARS_TO_PROPAGATE) - CREDENTIAL_VARIABLES)
+
+
 def job_runtime_env(extra: dict[str, str] | None = None) -> dict:
     """The ``runtime_env`` of a ray_fer driver's ``ray.init``: variables for every worker
     and actor (the S3 endpoint and region, Ray Train's poll interval, a value already set

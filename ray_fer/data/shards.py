@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ray_fer.errors import UserError
-from ray_fer.storage import Location, StorageError, resolve
+from ray_fer.storage import Location, StorageError, resolve, storage_error
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -314,7 +314,7 @@ def read_manifest(loc: Location) -> Manifest:
             "failed part-way). Run `python -m ray_fer.ingest ... --out " + loc.uri + "` first."
         ) from exc
     except OSError as exc:
-        raise ShardError(f"{where}: cannot read ({exc})") from exc
+        raise storage_error(loc, exc, "read") from exc
     manifest = Manifest.from_json(text, where)
     if not manifest.shards:
         raise ShardError(f"{where}: lists no shards")
@@ -331,6 +331,24 @@ def verify_shards(loc: Location, manifest: Manifest) -> None:
             raise ShardError(f"{loc.child_uri(s.file)}: listed in the manifest but unreadable "
                              f"({exc})") from exc
         check_shard_data(loc.child_uri(s.file), data, s.sha256, s.bytes)
+
+
+def check_shard_files(loc: Location, manifest: Manifest) -> None:
+    """ShardError naming the first shard of the manifest that is missing or not of its
+    recorded size (truncated, replaced). Cheap: file sizes only, no data read, so a
+    driver checks it before Ray starts; a damaged byte is caught by the read itself
+    (:func:`check_shard_data`)."""
+    try:
+        infos = loc.fs.get_file_info([loc.join(s.file) for s in manifest.shards])
+    except OSError as exc:
+        raise ShardError(f"{loc.uri}: cannot list the shards ({exc})") from exc
+    for shard, info in zip(manifest.shards, infos, strict=True):
+        if info.type != pafs.FileType.File:
+            raise ShardError(f"{loc.child_uri(shard.file)}: listed in the manifest but "
+                             "missing. Re-run ingest.")
+        if info.size != shard.bytes:
+            raise ShardError(f"{loc.child_uri(shard.file)}: {info.size} bytes, the manifest "
+                             f"says {shard.bytes} (truncated or replaced). Re-run ingest.")
 
 
 def check_shard_data(uri: str, data: bytes, sha256: str, size: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -30,6 +31,8 @@ class ModelDefaults:
     in_channels: int
     task: Task = "classify"
     family: str = ""
+    #: Whether a run trains it from scratch (an ensemble is assembled from trained runs).
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ MODELS: MappingProxyType[str, ModelSpec] = MappingProxyType(
         ),
         # Trained classifiers combined (python -m ray_fer.ensemble builds its checkpoints).
         "ensemble": ModelSpec(
-            "ray_fer.models.ensemble:ensemble", ModelDefaults(48, 1, family="ensemble")
+            "ray_fer.models.ensemble:ensemble",
+            ModelDefaults(48, 1, family="ensemble", trainable=False),
         ),
         "caf": ModelSpec("ray_fer.models.caf:caf", ModelDefaults(48, 1, "va", "caf")),
         "caf_baseline": ModelSpec(
@@ -130,6 +134,13 @@ def model_options(name: str) -> dict[str, Any]:
         for key, parameter in parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in REQUIRED_ARGUMENTS
     }
+
+
+def option_types(name: str) -> dict[str, Any]:
+    """The annotated type of each option of model ``name`` (``Any`` where unannotated)."""
+    factory = _factory(_spec(name))
+    hints = typing.get_type_hints(getattr(factory, "func", factory))  # a functools.partial
+    return {key: hints.get(key, Any) for key in model_options(name)}
 
 
 def build_model(

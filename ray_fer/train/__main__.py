@@ -21,8 +21,8 @@ import argparse
 import json
 import sys
 
-from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, read_yaml
-from ray_fer.errors import UserError, print_error
+from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, check_name, read_yaml
+from ray_fer.errors import UserError, print_error, user_error_in
 
 #: First-class flags → dotted config keys.
 FLAGS = {
@@ -107,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.fold == "all":
         flags["data.fold"] = None
     files = [read_yaml(path) for path in args.config]
+    if args.name is not None:
+        check_name(args.name)  # before a stored config is read from <storage>/<name>
     if args.resume:
         if not args.name:
             raise ConfigError("--resume needs --name (the run to continue)")
@@ -146,8 +148,17 @@ def main(argv: list[str] | None = None) -> int:
                   f"over {summary['k']} folds{on}")
             return 0
         outcome = train(cfg)
-    except UserError as exc:
-        return print_error(exc)
+    except Exception as exc:  # a UserError, also one raised in a Ray worker or read task
+        found = user_error_in(exc)
+        if found is None:
+            raise
+        if found is not exc:
+            # Raised inside Ray: end Ray's stream of worker logs first, so that the error
+            # is the last line printed.
+            import ray
+
+            ray.shutdown()
+        return print_error(found)
     report = {"run": outcome.run_uri, "best_checkpoint": outcome.best_checkpoint,
               "latest_checkpoint": outcome.latest_checkpoint, "metrics": outcome.metrics}
     if outcome.targets:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 import torch
@@ -27,7 +29,7 @@ from torch import nn
 
 from ray_fer.config import Config
 from ray_fer.errors import UserError
-from ray_fer.storage import Location, resolve
+from ray_fer.storage import Location, resolve, storage_error
 from ray_fer.train.steps import DataInfo
 
 STATE_FILE = "state.pt"
@@ -107,13 +109,39 @@ def save_checkpoint(directory: str | Path, *, cfg: Config, info: DataInfo,
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> Loaded:
-    """Read a local checkpoint folder written by :func:`save_checkpoint`."""
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu",
+                    *, uri: str | None = None) -> Loaded:
+    """Read a local checkpoint folder written by :func:`save_checkpoint` (``uri``: where
+    it came from, for messages; default the folder)."""
     directory = Path(directory)
+    where = uri or str(directory)
     _checkpoint_location(str(directory), None, CHECKPOINT_FILES)
-    state = torch.load(directory / STATE_FILE, map_location=map_location, weights_only=True)
+    state = _torch_state(directory / STATE_FILE, f"{where}/{STATE_FILE}", map_location)
     return _loaded((directory / CONFIG_FILE).read_text(), (directory / META_FILE).read_text(),
-                   state)
+                   state, where)
+
+
+def _torch_state(source: str | Path | BinaryIO, where: str,
+                 map_location: str | torch.device) -> dict:
+    """``state.pt`` read with ``weights_only`` (tensors and plain containers only, never
+    code); CheckpointError naming ``where`` for a damaged, truncated or foreign file.
+
+    torch's own message is not passed on: for a file holding other objects it advises
+    loading with ``weights_only=False``, which would run whatever the file holds.
+    """
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" in str(exc):  # the pickle names a function or class to call
+            raise CheckpointError(
+                f"{where}: refers to code, which no ray_fer checkpoint does; refused unread, "
+                "since loading it could run that code. Pass a checkpoint written by ray_fer "
+                "training") from None
+        raise CheckpointError(f"{where}: cannot be read (not a torch file, or damaged). "
+                              "Pass another checkpoint or train again") from None
+    except (RuntimeError, EOFError, ValueError, OSError):
+        raise CheckpointError(f"{where}: cannot be read (truncated or damaged). Pass another "
+                              "checkpoint or train again") from None
 
 
 def peek_checkpoint(uri: str, endpoint: str | None = None) -> Loaded:
@@ -130,25 +158,43 @@ def peek_checkpoint(uri: str, endpoint: str | None = None) -> Loaded:
             return f.read().decode()
 
     with loc.fs.open_input_file(loc.join(STATE_FILE)) as f:
-        state = torch.load(f, map_location="meta", weights_only=True)
-    return _loaded(text(CONFIG_FILE), text(META_FILE), state)
+        state = _torch_state(f, loc.child_uri(STATE_FILE), "meta")
+    return _loaded(text(CONFIG_FILE), text(META_FILE), state, uri)
 
 
-def _loaded(config_text: str, meta_text: str, state: dict) -> Loaded:
+def _loaded(config_text: str, meta_text: str, state: dict, where: str) -> Loaded:
     import yaml
 
-    meta = json.loads(meta_text)
-    info = DataInfo(class_names=list(meta["class_names"]), image_size=int(meta["image_size"]),
-                    channels=int(meta["channels"]))
-    return Loaded(cfg=Config.from_dict(yaml.safe_load(config_text)), info=info,
-                  progress=Progress(**state["progress"]), meta=meta, state=state)
+    try:
+        meta = json.loads(meta_text)
+        info = DataInfo(class_names=list(meta["class_names"]),
+                        image_size=int(meta["image_size"]), channels=int(meta["channels"]))
+        raw_cfg = yaml.safe_load(config_text)
+        progress = Progress(**state["progress"])
+        if not all(isinstance(state.get(k), dict)
+                   for k in ("modules", "optimizers", "schedulers")):
+            raise KeyError("modules")
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as exc:
+        raise CheckpointError(f"{where}: not a ray_fer checkpoint ({type(exc).__name__} "
+                              f"{exc} in its files); pass a checkpoint written by ray_fer "
+                              "training") from None
+    return Loaded(cfg=Config.from_dict(raw_cfg), info=info, progress=progress, meta=meta,
+                  state=state)
 
 
 def _checkpoint_location(uri: str, endpoint: str | None, files: tuple[str, ...]) -> Location:
-    """``uri`` resolved; CheckpointError naming the first of ``files`` it lacks."""
+    """``uri`` resolved; CheckpointError when it does not exist or lacks one of ``files``,
+    StorageError when its storage refuses to be read (credentials, endpoint)."""
     loc = resolve(uri, endpoint)
-    for name in files:
-        if loc.fs.get_file_info(loc.join(name)).type != pafs.FileType.File:
+    try:
+        if loc.fs.get_file_info(loc.path).type == pafs.FileType.NotFound:
+            raise CheckpointError(f"{uri}: no such checkpoint folder; pass a checkpoint "
+                                  "folder such as <storage>/<run>/checkpoint_epoch-0004")
+        infos = loc.fs.get_file_info([loc.join(name) for name in files])
+    except OSError as exc:
+        raise storage_error(loc, exc) from None
+    for name, info in zip(files, infos, strict=True):
+        if info.type != pafs.FileType.File:
             raise CheckpointError(
                 f"{uri}: not a ray_fer checkpoint ({name} missing); pass a checkpoint "
                 "folder such as <storage>/<run>/checkpoint_epoch-0004"
@@ -164,8 +210,18 @@ def local_checkpoint(uri: str, endpoint: str | None = None) -> Iterator[Path]:
         yield Path(loc.path)
         return
     with tempfile.TemporaryDirectory(prefix="ray_fer-ckpt-") as tmp:
-        copy_folder(loc.fs, loc.path, pafs.LocalFileSystem(), tmp)
+        try:
+            copy_folder(loc.fs, loc.path, pafs.LocalFileSystem(), tmp)
+        except OSError as exc:
+            raise storage_error(loc, exc, "download") from None
         yield Path(tmp)
+
+
+def read_checkpoint(uri: str, endpoint: str | None = None,
+                    map_location: str | torch.device = "cpu") -> Loaded:
+    """The checkpoint folder at ``uri`` (local or s3://) read whole; errors name ``uri``."""
+    with local_checkpoint(uri, endpoint) as folder:
+        return load_checkpoint(folder, map_location=map_location, uri=uri)
 
 
 def copy_folder(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:

@@ -47,7 +47,7 @@ from ray_fer.models.layers.inputs import fit_images
 from ray_fer.models.registry import build_model
 from ray_fer.storage import Location, resolve
 from ray_fer.train.caf_steps import va_eval_batch, va_summarize
-from ray_fer.train.checkpoint import META_FILE, load_checkpoint, local_checkpoint
+from ray_fer.train.checkpoint import META_FILE, read_checkpoint
 from ray_fer.train.face_ae_steps import (
     BALANCES,
     Balance,
@@ -187,8 +187,7 @@ def _first_face(cfg: Config, info: DataInfo) -> torch.Tensor:
 def load_autoencoder(uri: str, endpoint: str | None) -> FaceAutoencoder:
     """The stage-1 autoencoder of checkpoint folder ``uri`` (local or s3://), frozen, in
     eval mode."""
-    with local_checkpoint(uri, endpoint) as folder:
-        loaded = load_checkpoint(folder)
+    loaded = read_checkpoint(uri, endpoint)
     if loaded.cfg.method != "face_ae":
         raise ConfigError(f"config key 'options.ae_checkpoint': {uri} is a "
                           f"{loaded.cfg.method} checkpoint, not a stage-1 face_ae one")

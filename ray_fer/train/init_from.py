@@ -25,9 +25,8 @@ from ray_fer.data.targets import emotion_name
 from ray_fer.train.checkpoint import (
     CheckpointError,
     Loaded,
-    load_checkpoint,
-    local_checkpoint,
     peek_checkpoint,
+    read_checkpoint,
 )
 from ray_fer.train.steps import DataInfo, Method
 
@@ -112,7 +111,7 @@ def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> 
     """Load ``cfg.model.init``'s weights into ``modules`` (matched by name); see the module
     docstring. Raises ConfigError naming the checkpoint when it does not fit."""
     uri = cfg.model.init
-    loaded = _read(cfg, _load)
+    loaded = _read(cfg, read_checkpoint)
     saved = _networks(modules, loaded, cfg)
     for name, module in modules.items():
         fresh = load_matching(module, saved[name], new_classes=info.class_names,
@@ -120,12 +119,6 @@ def init_modules(modules: dict[str, nn.Module], cfg: Config, info: DataInfo) -> 
         if fresh:
             log.info("model.init %s -> %s: the classifier rows of %s start fresh (the "
                      "checkpoint's classes are %s)", uri, name, fresh, loaded.info.class_names)
-
-
-def _load(uri: str, endpoint: str | None) -> Loaded:
-    """The whole checkpoint at ``uri``, tensors on the CPU (an S3 one copied first)."""
-    with local_checkpoint(uri, endpoint) as folder:
-        return load_checkpoint(folder)
 
 
 def _read(cfg: Config, read: Callable[[str, str | None], Loaded]) -> Loaded:

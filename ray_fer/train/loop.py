@@ -35,6 +35,7 @@ resumed or restarted run on one CPU worker reproduces an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import itertools
@@ -59,7 +60,7 @@ from torch import nn
 from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
-from ray_fer.data.shards import read_manifest
+from ray_fer.data.shards import check_shard_files, read_manifest
 from ray_fer.models.layers.inputs import fit_images
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.checkpoint import (
@@ -371,15 +372,39 @@ def finish_run(cfg: Config, result, targets: str = "") -> RunOutcome:
                       best_checkpoint=uri(best), latest_checkpoint=uri(latest), targets=targets)
 
 
+def check_data_files(data_uri: str, endpoint: str | None) -> None:
+    """Before Ray starts: every shard the data's manifest lists is there, at its size
+    (ShardError naming the first that is not)."""
+    data = resolve(data_uri, endpoint)
+    check_shard_files(data, read_manifest(data))
+
+
+def remove_untrained_run(run: Location) -> None:
+    """Delete the folder of a new run that failed before its first checkpoint: it holds
+    no training, and its ``config.yaml`` would refuse the next run of that name."""
+    with contextlib.suppress(OSError):  # e.g. the storage is what failed the run
+        if latest_checkpoint_epoch(run) is None:
+            run.fs.delete_dir(run.path)
+
+
 def train(cfg: Config) -> RunOutcome:
     """Run ``cfg`` to the end on Ray Train (local Ray, or the cluster at RAY_ADDRESS)."""
     from ray_fer.cluster.runtime import connect
 
     cfg = with_run_name(cfg)
     method, plan = plan_run(cfg)
+    check_data_files(plan.data_uri, cfg.data.endpoint)
+    run = run_location(cfg)
+    # Only a folder this run creates may be removed (--name may name one that exists).
+    new = run.fs.get_file_info(run.path).type == pafs.FileType.NotFound
     connect(cfg.resources.cpus_per_worker, cfg.resources.workers)
     trainer = build_trainer(cfg, method, plan)
-    outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
+    try:
+        outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
+    except BaseException:
+        if new:
+            remove_untrained_run(run)
+        raise
     if method.after_run is not None:
         method.after_run(Config.from_dict(plan.config), outcome)
     return outcome

@@ -33,10 +33,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ray_fer.config import Config, ConfigError
+from ray_fer.config import Config, ConfigError, coerce
 from ray_fer.data.stream import class_distribution
 from ray_fer.data.targets import targets_label
-from ray_fer.models.registry import build_model, model_defaults, model_names, model_options
+from ray_fer.models.registry import (
+    build_model,
+    model_defaults,
+    model_names,
+    model_options,
+    option_types,
+)
 from ray_fer.train import metrics as M
 
 Sums = dict[str, torch.Tensor]
@@ -324,7 +330,11 @@ def _classify_figures(sums: Sums, info: DataInfo) -> dict[str, bytes]:
 
 
 def check_model_options(cfg: Config) -> None:
-    """ConfigError naming the first ``model.options`` key the configured model does not take."""
+    """ConfigError naming the ``model.options`` key the configured model does not take, or
+    whose value it cannot take: of another type than the model's factory declares, an
+    integer option (a size, count or stride) below 1, or a value the factory refuses (a
+    dropout of 5) when it builds the network on the meta device, where building needs no
+    memory and no weights (``pretrained`` is checked by name, not downloaded)."""
     accepted = model_options(cfg.model_name)
     for key in cfg.model.options:
         if key not in accepted:
@@ -332,6 +342,22 @@ def check_model_options(cfg: Config) -> None:
                 f"unknown config key 'model.options.{key}'; model {cfg.model_name!r} "
                 f"accepts: {', '.join(accepted) or 'none'}"
             )
+    types = option_types(cfg.model_name)
+    for key, value in cfg.model.options.items():
+        typed = coerce(f"model.options.{key}", value, types[key])
+        if isinstance(typed, int) and not isinstance(typed, bool) and typed < 1:
+            raise ConfigError(f"config key 'model.options.{key}' must be >= 1, got {value!r}")
+    size, channels = data_shape(cfg)
+    options = {k: None if k == "pretrained" and v == "imagenet" else v
+               for k, v in cfg.model.options.items()}
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model_name, num_classes=2, in_channels=channels, image_size=size,
+                        **options)
+    except (ValueError, TypeError, RuntimeError, ArithmeticError) as exc:
+        raise ConfigError(f"config key 'model.options' {cfg.model.options}: model "
+                          f"{cfg.model_name!r} cannot be built with it at {size} px and "
+                          f"{channels} channel(s): {exc}") from exc
 
 
 def reject_mixing(cfg: Config, method: str) -> None:
@@ -368,6 +394,9 @@ CLASSIFY = Method(
 
 def method_for(name: str) -> Method:
     """The :class:`Method` that trains ``name`` (a registered classifier, or a V/A method)."""
+    if name in model_names("classify") and not model_defaults(name).trainable:
+        raise ConfigError(f"{name!r} is not trained by a run of its own; build one from "
+                          f"trained runs with python -m ray_fer.{name}")
     if name in model_names("classify"):
         return CLASSIFY
     if name in model_names("va") and model_defaults(name).family == "caf":

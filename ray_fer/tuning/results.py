@@ -1,10 +1,11 @@
-"""What a finished search leaves beside Tune's own files.
+"""What a search leaves beside Tune's own files.
 
 ``results.csv`` / ``results.md`` (one row per trial: params, best metric, epochs run,
 status; the CSV also the trial's best checkpoint, which ``python -m ray_fer.ensemble``
-reads), ``best_config.yaml`` (the full run config of the best trial) and
-``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable path that
-``python -m ray_fer.evaluate`` accepts).
+reads), and once it has finished ``best_config.yaml`` (the full run config of the best
+trial) and ``best_checkpoint/`` (a copy of the best trial's best checkpoint, at a stable
+path that ``python -m ray_fer.evaluate`` accepts). An interrupted search leaves only the
+table, its unfinished trials marked ``interrupted``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Callable
+import posixpath
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,8 @@ from ray_fer.storage import Location
 from ray_fer.train.checkpoint import copy_folder
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
+#: The status of a trial that Ctrl-C stopped before it finished (``--resume`` finishes it).
+INTERRUPTED = "interrupted"
 
 
 @dataclass(frozen=True)
@@ -61,14 +65,27 @@ def checkpoint_uri(loc: Location, path: str) -> str:
     return "s3://" + path if loc.is_s3 else path
 
 
+def unfinished_trials(exp: Location) -> set[str]:
+    """Folder names of the trials of the experiment at ``exp`` that had not finished when
+    Tune last saved its state: when Ctrl-C stops a search, Tune saves it before it stops
+    the trials, which it then marks as terminated, as it marks those that ASHA stopped."""
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.experiment import Trial
+
+    analysis = ExperimentAnalysis(exp.path, storage_filesystem=exp.fs)
+    return {posixpath.basename(trial.path) for trial in analysis.trials
+            if trial.status not in (Trial.TERMINATED, Trial.ERROR)}
+
+
 def trial_rows(grid, *, metric: str, mode: str, epochs: Callable[[dict], int],
-               params_of: Callable[[dict], dict[str, Any]], storage: Location
-               ) -> list[TrialRow]:
+               params_of: Callable[[dict], dict[str, Any]], storage: Location,
+               unfinished: Collection[str] = ()) -> list[TrialRow]:
     """One :class:`TrialRow` per trial of a Tune ``ResultGrid``, best first.
 
     ``epochs(config)`` is the schedule a trial of Tune config ``config`` was to run,
     ``params_of(config)`` its searched config keys → values; checkpoints are URIs in
-    ``storage``'s filesystem.
+    ``storage``'s filesystem; the trials whose folders are named in ``unfinished``
+    (:func:`unfinished_trials`) are :data:`INTERRUPTED`.
     """
     rows = []
     for result in grid:
@@ -82,6 +99,8 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: Callable[[dict], int],
         ran = int(last["epoch"]) + 1 if "epoch" in last else len(records)
         if result.error is not None:
             status = "error"
+        elif posixpath.basename(result.path.rstrip("/")) in unfinished:
+            status = INTERRUPTED
         elif ran < epochs(result.config):
             status = "stopped early"
         else:

@@ -32,13 +32,17 @@ TRIAL_DRIVER_CPU = 0.25
 
 def trial_runtime_env() -> dict:
     """The runtime environment Tune gives its trial processes (Ray 2.60: its default
-    variables and those it propagates from this driver's environment), which the tasks a
-    trial starts, e.g. its Ray Data reads, inherit."""
+    variables and those it propagates from this driver's environment, never the
+    credentials: :func:`~ray_fer.cluster.runtime.stop_tune_copying_credentials`), which
+    the tasks a trial starts, e.g. its Ray Data reads, inherit."""
     from ray.tune.execution.class_cache import DEFAULT_ENV_VARS, ENV_VARS_TO_PROPAGATE
+
+    from ray_fer.cluster.runtime import CREDENTIAL_VARIABLES
 
     return {"env_vars": DEFAULT_ENV_VARS | {name: os.environ[name]
                                             for name in ENV_VARS_TO_PROPAGATE
-                                            if name in os.environ}}
+                                            if name in os.environ
+                                            and name not in CREDENTIAL_VARIABLES}}
 
 
 def in_trial(cfg: Config) -> bool:

@@ -6,8 +6,9 @@ trials cannot share a node: the placement has to use both, and each node keeps
 CPUs free for Ray Data's read tasks (1 CPU each) beside a worker and two trial drivers
 (Ray Data's tasks must not take the CPUs a second trial's worker needs). Shards
 and results live in the SeaweedFS S3 server; the nodes get its credentials in their
-environment, as instance-profile credentials reach every process of a cloud node. Every
-process the tests start is stopped by pid at the end, also on failure.
+environment, as instance-profile credentials reach every process of a cloud node, and no
+file of either node ever holds the secret key. Every process the tests start is stopped
+by pid at the end, also on failure.
 """
 
 from __future__ import annotations
@@ -253,3 +254,15 @@ def test_search_survives_losing_a_node(cluster, faces, s3_server):
     keys = _keys(s3_server, f"{storage}/failover/train/{trial}/")
     last = f"/checkpoint_epoch-{FAILOVER_EPOCHS - 1:04d}/"
     assert any(last in k for k in keys), keys
+
+
+def test_no_node_wrote_the_secret_key(cluster, s3_server):
+    """Run after the tests above: their runs and submitted searches read S3 with the
+    secret key of the nodes' own environment (as a cloud node's processes get theirs),
+    never from a runtime environment, so no file of either node's temp dir (Ray's logs,
+    the jobs' logs and working dirs) holds it."""
+    secret = s3_server.secret_key.encode()
+    files = [p for node in cluster for p in node.temp_dir.rglob("*")
+             if p.is_file() and not p.is_symlink()]
+    assert any(p.name == "runtime_env_agent.log" for p in files)
+    assert [str(p) for p in files if secret in p.read_bytes()] == []

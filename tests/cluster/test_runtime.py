@@ -1,5 +1,5 @@
 """How a driver joins Ray: a local Ray sized so a run's workers leave CPUs for its data
-reads, and the environment every process of the job gets."""
+reads, and the environment every process of the job gets, which never holds credentials."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 import ray
 
 from ray_fer.cluster.runtime import (
+    CREDENTIAL_VARIABLES,
     TRAIN_POLL_ENV,
     connect,
     job_runtime_env,
+    stop_tune_copying_credentials,
     uncached_bytecode,
     warm_workers,
 )
@@ -46,6 +48,35 @@ def test_local_ray_leaves_cpus_for_data_reads_beside_every_worker(monkeypatch):
         assert ray.get(env.remote()) == ("1", job_runtime_env()["env_vars"][TRAIN_POLL_ENV])
     finally:
         ray.shutdown()
+
+
+def _trial_class_env() -> dict[str, str]:
+    """The ``env_vars`` Ray Tune gives a trial's actor class (Ray 2.60's class cache)."""
+    from ray.tune.execution.class_cache import _ActorClassCache
+
+    class Trainable:
+        pass
+
+    return dict(_ActorClassCache().get(Trainable)._default_options["runtime_env"]["env_vars"])
+
+
+def test_tune_stops_copying_credentials_into_trials_on_this_ray_version(monkeypatch):
+    """Pinned to Ray 2.60, whose Tune copies the driver's AWS credentials into every trial's
+    runtime environment, which Ray's runtime-env agent writes to its log. Another Ray:
+    check where its Tune propagates variables, then update the wrapper and this test."""
+    from ray.tune.execution import class_cache
+
+    assert ray.__version__.startswith("2.60."), ray.__version__
+    for name in CREDENTIAL_VARIABLES:
+        monkeypatch.setenv(name, f"value-of-{name}")
+    # Restored after the test: the wrapper changes Tune for the whole process.
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)
+    assert set(_trial_class_env()) >= CREDENTIAL_VARIABLES  # what Tune does on its own
+    stop_tune_copying_credentials()
+    copied = _trial_class_env()
+    assert not CREDENTIAL_VARIABLES & set(copied)
+    assert copied == trial_runtime_env()["env_vars"]  # the warmed workers' environment
+    assert not CREDENTIAL_VARIABLES & set(job_runtime_env()["env_vars"])
 
 
 @pytest.mark.slow

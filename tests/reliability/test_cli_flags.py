@@ -69,15 +69,28 @@ TRAIN = [
     (["--set", "train.epochs=many"], "train.epochs"),
     (["--optimizer", "rmsprop"], "invalid choice"),
     (["--resume"], "--resume needs --name"),
+    (["--lr", "inf"], "optim.lr': must be a finite number"),
+    (["--l2", "inf"], "loss.l2': must be a finite number"),
+    (["--set", "optim.warmup=nan"], "optim.warmup': must be a finite number"),
+    (["--set", "model.options.dropout=.inf"], "model.options.dropout' must be a finite"),
+    (["--name", ".."], "--name '..' must be one plain folder name"),
+    (["--name", "."], "--name '.' must be one plain folder name"),
+    (["--name", "../elsewhere"], "must be one plain folder name"),
+    (["--name", "..", "--resume"], "--name '..' must be one plain folder name"),
+    (["--set", "model.options.dropout=5"], "dropout probability has to be between 0 and 1"),
+    (["--set", "optim.beta1=7"], "optim.beta1' must be in [0, 1)"),
+    (["--optimizer", "sgd", "--set", "optim.momentum=-0.9"], "optim.momentum' must be in"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "message"), TRAIN, ids=[" ".join(f) for f, _ in TRAIN])
 def test_train_refuses_bad_values_before_ray_starts(flags, message, tmp_path, capsys):
-    code, err = _run(train_cli.main, ["deep_emotion", "--storage", str(tmp_path / "runs"),
-                                      *flags], capsys)
+    storage = tmp_path / "runs" / "storage"
+    code, err = _run(train_cli.main, ["deep_emotion", "--storage", str(storage), *flags],
+                     capsys)
     assert code == 2 and message in err
-    assert not (tmp_path / "runs").exists()
+    assert err.startswith("usage:") or err.count("\n") == 1  # argparse adds its usage
+    assert not (tmp_path / "runs").exists()  # nor a run beside the storage folder
 
 
 def test_train_refuses_a_prefix_without_manifest_before_ray_starts(tmp_path, capsys):
@@ -97,14 +110,24 @@ TUNE = [
     (["--grace-period", "0"], "--grace-period must be >= 1"),
     (["--reduction-factor", "1"], "--reduction-factor must be >= 2"),
     (["--time-budget", "0"], "--time-budget must be >= 1"),
+    (["--epochs", "1"], "--grace-period 2 is more than the 1 epochs of a trial"),
+    (["--time-budget", "nan"], "--time-budget must be >= 1"),
+    (["--time-budget", "inf"], "--time-budget must be a finite number"),
+    (["--gpus-per-trial", "inf"], "resources.gpus_per_worker': must be a finite number"),
+    (["--set", "loss.l2=inf"], "loss.l2': must be a finite number"),
+    (["--name", ".."], "--name '..' must be one plain folder name"),
+    (["--name", "a/b"], "--name 'a/b' must be one plain folder name"),
+    (["--set", "model.options.dropout=5"], "dropout probability has to be between 0 and 1"),
+    (["--set", "optim.beta1=7"], "optim.beta1' must be in [0, 1)"),
 ]
 
 
 @pytest.mark.parametrize(("flags", "message"), TUNE, ids=[" ".join(f) for f, _ in TUNE])
 def test_tune_refuses_bad_values_before_ray_starts(flags, message, tmp_path, capsys):
-    code, err = _run(tune.main, ["deep_emotion", "--storage", str(tmp_path / "searches"),
-                                 *flags], capsys)
+    storage = tmp_path / "runs" / "searches"
+    code, err = _run(tune.main, ["deep_emotion", "--storage", str(storage), *flags], capsys)
     assert code == 2 and message in err
+    assert not (tmp_path / "runs").exists()
 
 
 EVALUATE = [
@@ -120,6 +143,8 @@ def test_evaluate_refuses_bad_values(argv, message, tmp_path, capsys):
     assert code != 0 and message in err
 
 
-def test_evaluate_refuses_a_missing_checkpoint(capsys):
+def test_evaluate_says_a_missing_checkpoint_folder_does_not_exist(capsys):
     code, err = _run(evaluate.main, ["/nonexistent/checkpoint_epoch-0001"], capsys)
-    assert code != 0 and "not a ray_fer checkpoint" in err
+    assert code == 2
+    assert err == ("error: /nonexistent/checkpoint_epoch-0001: no such checkpoint folder; "
+                   "pass a checkpoint folder such as <storage>/<run>/checkpoint_epoch-0004\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -92,3 +94,32 @@ def test_set_flags_turn_mixing_on_and_refuse_it_with_ray_data_augmentation():
     with pytest.raises(ConfigError, match=r"augment.*mixup_alpha/cutmix_alpha.*where='worker'"):
         build_config("vgg_bn", "classify",
                      sets=["augment.mixup_alpha=0.2", "augment.where=data"])
+
+
+BAD_MODEL_OPTIONS = [
+    ("deep_emotion", "classify", "dropout=5", "dropout probability has to be between 0 and 1"),
+    ("vgg_bn", "classify", "dropout=-0.5", "dropout probability has to be between 0 and 1"),
+    ("deep_emotion", "classify", "hidden=0", "model.options.hidden' must be >= 1"),
+    ("deep_emotion", "classify", "hidden=abc", "model.options.hidden': expects int"),
+    ("resnet50_icbam", "classify", "cbam_reduction=0", "cbam_reduction' must be >= 1"),
+    ("resnet50", "classify", "small_stem=maybe", "model.options.small_stem': expects bool"),
+    ("resnet50", "classify", "pretrained=imagenet21k", "pretrained must be 'imagenet' or None"),
+    ("caf", "caf", "encoder=vgg", "model.options.encoder': 'vgg' is not one of"),
+    ("face_ae", "face_ae", "latent_dim=-4", "model.options.latent_dim' must be >= 1"),
+]
+
+
+@pytest.mark.parametrize(("method", "family", "option", "message"), BAD_MODEL_OPTIONS,
+                         ids=[f"{m}-{o}" for m, _, o, _ in BAD_MODEL_OPTIONS])
+def test_model_options_the_model_cannot_take_are_refused_before_ray(method, family, option,
+                                                                    message):
+    """Only the worker refused these, in a long Ray traceback."""
+    cfg = build_config(method, family, sets=[f"model.options.{option}"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        method_for(method).check_config(cfg)
+
+
+def test_imagenet_weights_are_checked_by_name_without_a_download(monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent/torch-home")
+    cfg = build_config("resnet50", "classify", sets=["model.options.pretrained=imagenet"])
+    method_for("resnet50").check_config(cfg)

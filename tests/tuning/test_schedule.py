@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from ray_fer.config import ConfigError
-from ray_fer.tune import asha_settings, base_configs, parser
+from ray_fer.tune import asha_settings, base_configs, parser, settings
 
 OPTS = {"grace_period": 10, "reduction_factor": 3}
 
@@ -26,5 +26,7 @@ def test_rungs_are_shares_of_the_longest_searched_schedule(tmp_path):
 
 
 def test_a_grace_period_beyond_every_schedule_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="longer than the longest schedule"):
-        asha_settings(_search(tmp_path, {"choice": [4, 8]}), OPTS)
+    search = _search(tmp_path, {"choice": [4, 8]})
+    args = parser().parse_args(["vgg_bn", "--grace-period", "10"])
+    with pytest.raises(ConfigError, match="longer than the longest schedule \\(8 epochs"):
+        settings(args, search.space, search.max_epochs)

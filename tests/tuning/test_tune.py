@@ -1,7 +1,7 @@
 """``python -m ray_fer.tune`` end to end on a real local Ray: Optuna proposes inside the YAML
 bounds, ASHA stops trials early, the results table, best config, best checkpoint and the
 TensorBoard files (per-trial scalars and hparams) are written, and ``--resume`` finishes an
-interrupted experiment without re-running finished trials."""
+interrupted experiment (a killed driver, Ctrl-C) without re-running finished trials."""
 
 from __future__ import annotations
 
@@ -288,6 +288,58 @@ def test_resume_after_the_driver_is_killed_finishes_without_rerunning(shards, sp
                 if t.params["optim.lr"] == pytest.approx(last["config"]["optim.lr"])]
         assert len(kept) == 1 and kept[0].state.name == "COMPLETE", study
         assert kept[0].value == pytest.approx(last["val_accuracy"])
+
+
+def _epochs_reported(exp: Path) -> list[int]:
+    return [len(r.read_text().splitlines()) for r in exp.glob("*/result.json")]
+
+
+def test_ctrl_c_ends_a_search_as_interrupted_and_resume_finishes_it(shards, space_file,
+                                                                   tmp_path):
+    """Tune takes the first Ctrl-C itself and returned as if the search had finished: exit
+    0, a best config and checkpoint, the running trial labelled "stopped early"."""
+    epochs = 8
+    args = _args(shards, space_file, tmp_path, "ctrl-c", "--num-samples", "2",
+                 "--max-concurrent", "1", "--epochs", str(epochs), "--grace-period",
+                 str(epochs))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # Its own session: the SIGINT goes to its process group, as a terminal's Ctrl-C does.
+    proc = subprocess.Popen([sys.executable, "-m", "ray_fer.tune", *args], cwd=tmp_path,
+                            env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    exp = tmp_path / "ctrl-c"
+    try:
+        deadline = time.monotonic() + 600
+        while not any(2 <= n < epochs - 2 for n in _epochs_reported(exp)):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no trial reported within 10 minutes"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the local Ray it started
+        proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    # One line (Ray's streamed worker logs may share stderr with it).
+    assert (f"search 'ctrl-c' interrupted; resume with --resume: python -m ray_fer.tune "
+            f"deep_emotion --space {space_file} --storage {tmp_path} --name ctrl-c "
+            "--resume\n") in err
+    assert not (exp / "best_config.yaml").exists() and not (exp / "best_checkpoint").exists()
+    assert "best config:" not in out and "best checkpoint:" not in out
+    rows = _rows(exp)
+    assert {r["status"] for r in rows} <= {"completed", "interrupted"}, rows
+    assert [int(r["epochs"]) < epochs for r in rows if r["status"] == "interrupted"] == [True]
+    assert (exp / "results.md").read_text().startswith("Interrupted: partial results")
+    try:
+        assert main(args + ["--resume"]) == 0
+    finally:
+        ray.shutdown()
+    rows = _rows(exp)
+    assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}, rows
+    assert all(int(r["epochs"]) == epochs for r in rows)
+    assert (exp / "best_config.yaml").is_file() and any((exp / "best_checkpoint").iterdir())
+    assert not (exp / "results.md").read_text().startswith("Interrupted")
 
 
 def test_a_search_says_how_to_cache_bytecode_only_where_python_has_none(tmp_path, monkeypatch,

@@ -31,7 +31,8 @@ class CkPlus48:
     def scan(self, root: Path) -> Iterator[SourceItem]:
         root = Path(root)
         classes = {c: c for c in CLASS_NAMES}
-        for class_name, image in class_images(root, classes):
+        self.skipped: list[dict[str, str]] = []
+        for class_name, image in class_images(root, classes, skipped=self.skipped):
             match = _FILE_NAME.fullmatch(image.name)
             if match is None:
                 raise DatasetFormatError(

@@ -79,12 +79,15 @@ class ClassFolders:
         names = self.class_names(root)
         label_of = {n: i for i, n in enumerate(names)}
         folder_map = self._class_map or {folder_key(n): n for n in names}
-        hint = "Add it to class_map (or class_names), or pass ignore_unknown=True to skip it"
+        hint = ("Add it to the class map (--class-map), or skip the folders it does not name "
+                "with --ignore-unknown-classes (ignore_unknown=True)")
         self._split_source = {}
+        self.skipped: list[dict[str, str]] = []
         count = 0
         for split, part in _split_parts(root):
             for class_name, image in class_images(
-                part, folder_map, ignore_unknown=self.ignore_unknown, recursive=True, hint=hint
+                part, folder_map, ignore_unknown=self.ignore_unknown, recursive=True, hint=hint,
+                skipped=self.skipped, root=root,
             ):
                 if part != root:
                     self._split_source[split] = part.name

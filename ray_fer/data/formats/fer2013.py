@@ -92,13 +92,15 @@ class Fer2013Folders:
                 f"and {root}/test/<class>/PublicTest_*.jpg"
             )
         classes = {c: c for c in CLASS_NAMES}
+        self.skipped: list[dict[str, str]] = []
         for part in parts:
             if part.name in classes:
                 raise DatasetFormatError(
                     f"{part}: a class folder directly under the root; pass the folder that "
                     "holds train/ and test/"
                 )
-            for class_name, image in class_images(part, classes):
+            for class_name, image in class_images(part, classes, skipped=self.skipped,
+                                                  root=root):
                 yield SourceItem(
                     source_file=relative_posix(root, image),
                     label=_LABEL_OF[class_name],
