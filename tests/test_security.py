@@ -117,7 +117,7 @@ def test_secret_key_appears_in_no_output_of_a_search(keyed_s3, ray_dir, capsys):
         keys = _assert_secret_nowhere(keyed_s3, bucket, ray_dir, capsys.readouterr())
     experiment = [k.removeprefix("searches/leak-check/") for k in keys
                   if k.startswith("searches/leak-check/")]
-    assert {"results.csv", "best_config.yaml", "base_config.yaml"} <= set(experiment)
+    assert {"results.csv", "best_config.yaml", "base_configs.yaml"} <= set(experiment)
     assert any(k.startswith("experiment_state") for k in experiment), experiment
     assert any(k.startswith("best_checkpoint/") for k in experiment), experiment
 

@@ -110,7 +110,7 @@ TUNE = [
     (["--grace-period", "0"], "--grace-period must be >= 1"),
     (["--reduction-factor", "1"], "--reduction-factor must be >= 2"),
     (["--time-budget", "0"], "--time-budget must be >= 1"),
-    (["--epochs", "1"], "--grace-period 2 is more than the 1 epochs of a trial"),
+    (["--epochs", "1"], "is longer than the longest schedule (1 epochs"),
     (["--time-budget", "nan"], "--time-budget must be >= 1"),
     (["--time-budget", "inf"], "--time-budget must be a finite number"),
     (["--gpus-per-trial", "inf"], "resources.gpus_per_worker': must be a finite number"),
