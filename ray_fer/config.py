@@ -16,16 +16,18 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
-from ray_fer.data.device_cache import CacheMode
-from ray_fer.data.stream import AugmentConfig
 from ray_fer.errors import UserError
+
+#: ``data.cache`` values: cache on CUDA when it fits (auto), always (on), never (off).
+CacheMode = Literal["auto", "on", "off"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 class ConfigError(UserError, ValueError):
@@ -57,6 +59,86 @@ class DataSection:
     cache: CacheMode = "auto"
     #: Share of the device memory free at the start that each split's cache may take.
     cache_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (all of it configurable from YAML; defaults suit 48 px faces).
+
+    ``where="worker"`` runs :func:`ray_fer.data.augment.augment_batch` in the train worker
+    on its device, seeded from (seed, epoch, rank), so a fixed seed reproduces every batch;
+    ``where="data"`` runs it on Ray Data's CPU workers
+    (:func:`ray_fer.data.stream.apply_data_augmentation`), unseeded.
+
+    ``mixup_alpha`` / ``cutmix_alpha`` > 0 turn on Mixup / CutMix of whole training batches
+    (:func:`ray_fer.data.augment.draw_mix`), a share ``mix_prob`` of them; with both on,
+    each mixed batch uses one of the two at even odds, as timm does. Mixing needs the
+    labels, so it runs in :func:`ray_fer.data.stream.iter_train_batches` and only with
+    ``where="worker"``.
+    """
+
+    enabled: bool = True
+    hflip: bool = True
+    max_rotate_deg: float = 10.0
+    max_translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    crop_padding: int = 0
+    erasing_p: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.2)
+    where: str = "worker"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; keep tuples so the config stays hashable and comparable.
+        object.__setattr__(self, "scale", tuple(float(x) for x in self.scale))
+        object.__setattr__(self, "erasing_area", tuple(float(x) for x in self.erasing_area))
+        problems = []
+        if self.where not in ("worker", "data"):
+            problems.append(f"where={self.where!r} (use 'worker' or 'data')")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            problems.append(f"scale={self.scale} (need 0 < min <= max)")
+        lo, hi = self.erasing_area if len(self.erasing_area) == 2 else (1.0, 0.0)
+        if not 0 <= lo <= hi <= 1:
+            problems.append(f"erasing_area={self.erasing_area} (need 0 <= min <= max <= 1)")
+        if not 0 <= self.erasing_p <= 1:
+            problems.append(f"erasing_p={self.erasing_p} (need 0..1)")
+        if self.max_rotate_deg < 0 or self.max_translate < 0 or self.crop_padding < 0:
+            problems.append("max_rotate_deg, max_translate and crop_padding must be >= 0")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (need >= 0; 0 = off)")
+        if not 0 <= self.mix_prob <= 1:
+            problems.append(f"mix_prob={self.mix_prob} (need 0..1)")
+        if self.where == "data" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            # Ray Data's augmentation sees no labels to mix along with the pixels.
+            problems.append("mixup_alpha/cutmix_alpha > 0 need where='worker' (mixing "
+                            "mixes labels too, which only the train worker can)")
+        if problems:
+            raise ValueError("invalid augment config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> AugmentConfig:
+        """Build from a YAML mapping; unknown keys are an error naming them."""
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any rotation/translation/scale/crop is on (needs a grid_sample)."""
+        return (self.max_rotate_deg > 0 or self.max_translate > 0 or self.crop_padding > 0
+                or self.scale != (1.0, 1.0))
+
+    @property
+    def mixing(self) -> bool:
+        """Whether training batches are mixed (Mixup or CutMix, on the train worker)."""
+        return (self.enabled and self.where == "worker"
+                and (self.mixup_alpha > 0 or self.cutmix_alpha > 0))
 
 
 @dataclass

@@ -35,10 +35,10 @@ import numpy as np
 import torch
 
 from ray_fer.config import ConfigError
+from ray_fer.data.augment import normalise
 from ray_fer.data.detectors import AUTO, CHOICES, MIN_FACE, get_detector, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
-from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
 from ray_fer.train.checkpoint import CheckpointError
@@ -59,7 +59,7 @@ class PredictError(UserError, ValueError):
 class Predictor:
     """A trained model behind one call: uint8 faces (N, H, W, C) at the model's input
     size → scores (N, K): probabilities for classifiers, (valence, arousal) for V/A.
-    Faces are normalised by training's own :func:`ray_fer.data.stream.normalise`."""
+    Faces are normalised by training's own :func:`ray_fer.data.augment.normalise`."""
 
     meta: ModelMeta
     run: Callable[[np.ndarray], np.ndarray]

@@ -24,6 +24,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
+from ray_fer.data.execution import execution_index
 from ray_fer.data.shards import (
     Manifest,
     ShardError,
@@ -199,9 +200,8 @@ class FaceShardDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         tasks = list(zip(self._reads, self._rows, strict=True))
         if self._shuffle_seed is not None:
-            # Ray bumps the context's execution index after each complete execution (each
-            # epoch), as its own file shuffling (read_parquet's FileShuffleConfig) relies on.
-            epoch = int(getattr(data_context, "_execution_idx", 0) or 0)
+            # Ray bumps the execution index after each complete execution (each epoch).
+            epoch = execution_index(data_context)
             order = np.random.default_rng([self._shuffle_seed, epoch]).permutation(len(tasks))
             tasks = [(replace(tasks[i][0], order_seed=(self._shuffle_seed, epoch)),
                       tasks[i][1]) for i in order]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ray_fer.data.stream import normalise
+from ray_fer.data.augment import normalise
 from ray_fer.explain.gradcam import default_layer, grad_cam
 from ray_fer.explain.guided import guided_backprop, guided_grad_cam
 from ray_fer.explain.occlusion import occlusion_map

@@ -58,7 +58,9 @@ from torch import nn
 
 from ray_fer.config import Config, ConfigError, override
 from ray_fer.data import stream
+from ray_fer.data.augment import epoch_seed
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
+from ray_fer.data.execution import start_at
 from ray_fer.data.shards import read_manifest
 from ray_fer.models.layers.inputs import fit_images
 from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
@@ -204,8 +206,7 @@ def _train_from_resumed_epoch(train, run_uri: str, endpoint: str | None, planned
     new group resumes at a later epoch than the driver planned, and the stream's block
     order must follow that epoch, not the index of the group that died.
     """
-    train.context._execution_idx = resumed_epoch(resolve(run_uri, endpoint), planned)
-    return train
+    return start_at(train, resumed_epoch(resolve(run_uri, endpoint), planned))
 
 
 def plan_run(cfg: Config) -> tuple[Method, Plan]:
@@ -793,7 +794,7 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
     try:
         for epoch in range(first_epoch, cfg.train.epochs):
             state.epoch = epoch
-            seed_everything(stream.epoch_seed(cfg.train.seed, epoch, rank))
+            seed_everything(epoch_seed(cfg.train.seed, epoch, rank))
             if epoch > first_epoch:
                 recorders, batches = epoch_input(epoch)
             started = time.perf_counter()

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ray_fer.config import Config, ConfigError
-from ray_fer.data.stream import class_distribution
+from ray_fer.data.augment import class_distribution
 from ray_fer.data.targets import targets_label
 from ray_fer.models.registry import build_model, model_defaults, model_names, model_options
 from ray_fer.train import metrics as M

@@ -115,6 +115,7 @@ def trial_session(cfg: Config, plan, method):
     Tune's checkpoint to resume from, reports to Tune."""
     from ray import tune
 
+    from ray_fer.data.execution import start_at
     from ray_fer.data.stream import read_in_order
     from ray_fer.train.checkpoint import META_FILE
     from ray_fer.train.loop import Session, open_datasets
@@ -131,7 +132,7 @@ def trial_session(cfg: Config, plan, method):
         sources = {name: read_in_order(ds)
                    for name, ds in open_datasets(cfg, plan, method).items()}
         # The stream draws each epoch's block order from (seed, Ray Data's execution index).
-        sources["train"].context._execution_idx = ordered
+        start_at(sources["train"], ordered)
 
     def report(metrics: dict, folder: str | None, name: str) -> None:
         tune.report(metrics, checkpoint=None if folder is None
