@@ -46,15 +46,15 @@ import pyarrow.parquet as pq
 import torch
 
 from ray_fer.cluster.runtime import uncached_bytecode
-from ray_fer.config import Config, build_config
+from ray_fer.config import Config
 from ray_fer.data import stream
 from ray_fer.data.device_cache import DeviceCache
+from ray_fer.data.info import DataInfo
 from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_table, row_mask
 from ray_fer.data.shards import read_manifest
-from ray_fer.models.registry import model_defaults
+from ray_fer.methods.registry import get_model, method_config
 from ray_fer.storage import resolve
 from ray_fer.train import loop
-from ray_fer.train.steps import DataInfo
 
 MODELS = ("deep_emotion", "deep_emotion_wide", "vgg_bn", "mobilenet_v2_dense",
           "efficientnet_b0_dense", "efficientnet_b2_dense", "resnet50", "resnet50_icbam",
@@ -76,8 +76,8 @@ def faces(root: Path, size: int, channels: int, rows: int) -> str:
 
 def model_faces(root: Path, model: str, rows: int) -> str:
     """:func:`faces` at ``model``'s input size and channels."""
-    defaults = model_defaults(model)
-    return faces(root, defaults.image_size, defaults.in_channels, rows)
+    defaults = get_model(model)
+    return faces(root, defaults.image_size, defaults.channels, rows)
 
 
 def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: int | None,
@@ -86,7 +86,7 @@ def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: 
     flags = {"data.uri": data, "run.storage": str(storage), "run.name": name,
              "train.epochs": epochs, "resources.gpu": torch.cuda.is_available(),
              "train.batch_size": batch}
-    return build_config(model, "classify", flags=flags | extra)
+    return method_config(model, flags=flags | extra)
 
 
 def _sync(device: torch.device) -> None:
@@ -165,11 +165,11 @@ def ray_path(cfg: Config) -> dict:
 
 def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
             with_stream: bool, extra: dict, plain_only: bool = False) -> dict:
-    defaults = model_defaults(model)
+    defaults = get_model(model)
     data = model_faces(work, model, rows)
     cfg = config(model, data, work / "runs", f"{model}-cached-{time.time_ns()}", epochs, batch,
                  extra)
-    row = {"model": model, "size": defaults.image_size, "channels": defaults.in_channels,
+    row = {"model": model, "size": defaults.image_size, "channels": defaults.channels,
            "batch": cfg.train.batch_size, "plain": plain_images_per_s(cfg, data, epochs)}
     if plain_only:
         print(json.dumps(row), flush=True)
@@ -311,7 +311,7 @@ def spread(model: str, work: Path, rows: int, epochs: int, trials: int, per_gpu:
 
     from ray_fer.cluster.runtime import connect
     data = model_faces(work, model, rows)
-    space = l2_space(model, work, build_config(model, "classify").train.batch_size)
+    space = l2_space(model, work, method_config(model).train.batch_size)
     gpus = gpu_count()
     out: dict = {"model": model, "trials": trials, "per_gpu": per_gpu, "epochs": epochs}
     for given in (1, gpus):

@@ -1,8 +1,11 @@
 """Run configuration: dataclasses, loaded from YAML and overridden from the command line.
 
-Precedence (later wins): dataclass defaults < the method family's packaged YAML
-(``ray_fer/configs/<family>.yaml``: ``defaults`` then ``methods.<method>``) < a user YAML
+Precedence (later wins): dataclass defaults < the method's packaged defaults (declared
+beside the method, :attr:`ray_fer.methods.registry.Method.defaults`) < a user YAML
 (``--config``) < ``--set key.sub=value`` overrides < first-class CLI flags.
+
+This module imports neither Ray nor torch nor any other part of ray_fer but its errors:
+every layer above reads configs.
 
 Every value is checked against the dataclass field it lands in: an unknown key or a value
 of the wrong type raises :class:`ConfigError` naming the key, before any work starts.
@@ -16,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -389,7 +392,7 @@ def merged(obj: Any, raw: dict, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = merged(current, value, prefix=here + ".")
         elif isinstance(current, dict) and isinstance(value, dict):
-            changes[key] = _deep_merge(current, value)
+            changes[key] = deep_merge(current, value)
         else:
             changes[key] = _coerce(here, value, hints[key])
     try:
@@ -470,20 +473,12 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key {key!r} {why}")
 
 
-def packaged_defaults(family: str, method: str) -> dict:
-    """The packaged defaults of ``family`` with the overrides of ``method`` applied on top."""
-    path = resources.files("ray_fer") / "configs" / f"{family}.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
-    defaults = raw.get("defaults") or {}
-    overrides = (raw.get("methods") or {}).get(method) or {}
-    return _deep_merge(defaults, overrides)
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: Mapping, top: Mapping) -> dict:
+    """``base`` with ``top`` applied: nested mappings merged key by key, other values replaced."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(
-            out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(
+            out.get(k), Mapping) else v
     return out
 
 
@@ -500,14 +495,16 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def build_config(method: str, family: str, *, files: list[dict] | None = None,
-                 sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> Config:
+def build_config(method: str, defaults: Mapping | None = None, *,
+                 files: list[dict] | None = None, sets: list[str] | None = None,
+                 flags: dict[str, Any] | None = None) -> Config:
     """Assemble a validated config for ``method`` from every source, in precedence order.
 
-    ``files``: mappings read from user YAML files; ``sets``: ``key.sub=value`` strings;
-    ``flags``: dotted key → value from first-class CLI flags (None values are skipped).
+    ``defaults``: the method's packaged config (a nested mapping); ``files``: mappings read
+    from user YAML files; ``sets``: ``key.sub=value`` strings; ``flags``: dotted key →
+    value from first-class CLI flags (None values are skipped).
     """
-    cfg = merged(Config(method=method), packaged_defaults(family, method))
+    cfg = merged(Config(method=method), dict(defaults or {}))
     for raw in files or []:
         raw = dict(raw)
         if raw.pop("method", method) != method:

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 import torch
 
+from ray_fer.checkpoint import CheckpointError
 from ray_fer.config import ConfigError
 from ray_fer.data.augment import normalise
 from ray_fer.data.detectors import AUTO, CHOICES, MIN_FACE, get_detector, resolve_detector
@@ -41,7 +42,6 @@ from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import DatasetFormatError, SourceItem, decode_image
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
-from ray_fer.train.checkpoint import CheckpointError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
                             ".pgm", ".ppm", ".pbm"})

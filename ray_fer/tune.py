@@ -33,7 +33,7 @@ from ray_fer.cluster.runtime import connect, uncached_bytecode, warm_workers
 from ray_fer.config import PLACEMENTS, Config, ConfigError, build_config, override, validate
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
-from ray_fer.models.registry import model_options
+from ray_fer.methods.registry import get_method, model_options
 from ray_fer.storage import Location, resolve
 from ray_fer.tuning.results import (
     export_checkpoint,
@@ -124,8 +124,6 @@ def base_configs(args: argparse.Namespace) -> Search:
 
     Precedence: packaged defaults < the space's fixed settings < --set < flags.
     """
-    from ray_fer.train.steps import method_for
-
     flags = {"data.uri": args.data, "data.endpoint": args.endpoint, "train.epochs": args.epochs,
              "resources.workers": args.workers_per_trial,
              "resources.cpus_per_worker": args.cpus_per_worker,
@@ -136,13 +134,13 @@ def base_configs(args: argparse.Namespace) -> Search:
 
     def packaged_config(method: str) -> Config:
         if method not in packaged:
-            packaged[method] = build_config(method, method_for(method).family)
+            packaged[method] = build_config(method, get_method(method).defaults)
         return packaged[method]
 
     def check(method: str, key: str, value) -> None:
         cfg = override(packaged_config(method), key, value)
         validate(cfg)
-        method_for(method).check_config(cfg)
+        get_method(method).check_config(cfg)
 
     path = Path(args.space) if args.space else default_space_path(args.method)
     space = load_search_space(path, check, lambda m, key: _packaged_value(packaged_config(m),
@@ -155,9 +153,9 @@ def base_configs(args: argparse.Namespace) -> Search:
         cfg = packaged_config(method)
         for key, value in space.fixed.items():
             cfg = override(cfg, key, value)
-        cfg = build_config(method, method_for(method).family, files=[cfg.to_dict()],
+        cfg = build_config(method, get_method(method).defaults, files=[cfg.to_dict()],
                            sets=args.set, flags=flags)
-        method_for(method).check_config(cfg)
+        get_method(method).check_config(cfg)
         bases[method] = cfg
     return make_search(bases, space)
 
@@ -275,8 +273,6 @@ def build_tuner(search: Search, opts: dict, *, storage: str, name: str, seed: in
 
 def summarize(grid, search: Search, *, storage: str, name: str) -> str:
     """Write the results table, best config and best checkpoint; return the printed summary."""
-    from ray_fer.train.steps import method_for, run_targets
-
     cfg = search.first
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     keys = search.space.keys
@@ -285,8 +281,8 @@ def summarize(grid, search: Search, *, storage: str, name: str) -> str:
                           values, storage="", name="").train.epochs,
                       params_of=search.space.assignment, storage=exp)
     write_text(exp, "results.csv", results_csv(rows, search.metric, keys))
-    targets = run_targets(method_for(cfg.method),
-                          read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
+    targets = get_method(cfg.method).targets_note(
+        read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
     table = results_markdown(rows, search.metric, keys)
     write_text(exp, "results.md", f"Targets: {targets}.\n\n{table}" if targets else table)

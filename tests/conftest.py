@@ -18,5 +18,6 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 import torch  # noqa: E402
 from support.datasets import real_dataset  # noqa: E402, F401
 from support.s3 import s3_server  # noqa: E402, F401
+from support.torch_hub import offline_torch_hub  # noqa: E402, F401
 
 torch.set_num_threads(1)

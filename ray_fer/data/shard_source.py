@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from ray.data.block import BlockMetadata
@@ -26,11 +25,13 @@ from ray.data.extensions import ArrowTensorArray
 
 from ray_fer.data.execution import execution_index
 from ray_fer.data.shards import (
+    ROW_ID_STRIDE,
     Manifest,
     ShardError,
     check_shard_data,
     decode_images,
     read_manifest,
+    row_mask,
 )
 from ray_fer.storage import resolve, s3_endpoint
 
@@ -41,8 +42,6 @@ PASSTHROUGH_COLUMNS = ("label_name", "subject_id", "split", "fold", "dataset", "
 #: Bytes per Ray block: small blocks keep the split across workers balanced (a worker
 #: gets whole blocks) at a negligible per-block cost.
 BLOCK_BYTES = 2 * 2**20
-#: Row ids are ``shard index * ROW_ID_STRIDE + row index in the shard``.
-ROW_ID_STRIDE = 2**32
 
 
 def _soft_labels(column: pa.ChunkedArray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -95,22 +94,6 @@ def _stored_columns(columns: Sequence[str]) -> list[str]:
         if name in PASSTHROUGH_COLUMNS or name in ("image", "soft_label", "valence", "arousal"):
             need.add(name)
     return sorted(need)
-
-
-def row_mask(table: pa.Table, splits: Sequence[str] | None, folds: Sequence[int] | None,
-             exclude_folds: Sequence[int] | None) -> np.ndarray:
-    """Which rows of ``table`` (with ``split`` and ``fold`` columns) a selection keeps."""
-    mask = np.ones(table.num_rows, bool)
-    if splits is not None:
-        mask &= pc.is_in(table["split"], pa.array(list(splits), pa.string())).to_numpy(
-            zero_copy_only=False)
-    if folds is not None or exclude_folds is not None:
-        fold = table["fold"].to_numpy()
-        if folds is not None:
-            mask &= np.isin(fold, list(folds))
-        if exclude_folds is not None:
-            mask &= ~np.isin(fold, list(exclude_folds))
-    return mask
 
 
 @dataclass(frozen=True)

@@ -56,39 +56,34 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ray_fer.config import Config, ConfigError, override
-from ray_fer.data import stream
-from ray_fer.data.augment import epoch_seed
-from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
-from ray_fer.data.execution import start_at
-from ray_fer.data.shards import read_manifest
-from ray_fer.models.layers.inputs import fit_images
-from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
-from ray_fer.train.checkpoint import (
+from ray_fer.checkpoint import (
     CHECKPOINT_FILES,
+    CHECKPOINT_PREFIX,
     META_FILE,
     Progress,
     copy_folder,
     load_checkpoint,
     save_checkpoint,
 )
+from ray_fer.config import Config, ConfigError, override
+from ray_fer.data import stream
+from ray_fer.data.augment import epoch_seed
+from ray_fer.data.device_cache import CacheRecorder, DeviceCache, cache_budget
+from ray_fer.data.execution import start_at
+from ray_fer.data.info import DataInfo
+from ray_fer.data.shards import read_manifest
+from ray_fer.explain.run import Subject
+from ray_fer.methods.base import Sums, TrainState
+from ray_fer.methods.registry import Method, get_method, get_model, input_shape
+from ray_fer.models.layers.inputs import fit_images
+from ray_fer.storage import Location, check_reachable, resolve, set_endpoint
 from ray_fer.train.init_from import check_init, init_modules
-from ray_fer.train.steps import (
-    DataInfo,
-    Method,
-    Sums,
-    TrainState,
-    data_shape,
-    method_for,
-    run_targets,
-)
 
 log = logging.getLogger(__name__)
 
 #: Blocks per worker at least when a run has several (see :func:`open_datasets`).
 BLOCKS_PER_WORKER = 8
 
-CHECKPOINT_PREFIX = "checkpoint_epoch-"
 #: The per-epoch metric: percent of the run's schedule done after the epoch.
 SCHEDULE_PCT = "schedule_pct"
 TENSORBOARD_DIR = "tensorboard"
@@ -142,7 +137,7 @@ def resolve_data_uri(cfg: Config) -> str:
         return cfg.data.uri
     from ray_fer.data.synthetic import ensure_default_shards, shared_default_shards
 
-    size, channels = data_shape(cfg)
+    size, channels = input_shape(cfg)
     size = min(size, SYNTHETIC_MAX_SIZE)
     if os.environ.get("RAY_ADDRESS") and resolve(cfg.run.storage, cfg.data.endpoint).is_s3:
         return shared_default_shards(cfg.run.storage, size=size, channels=channels,
@@ -211,7 +206,7 @@ def _train_from_resumed_epoch(train, run_uri: str, endpoint: str | None, planned
 
 def plan_run(cfg: Config) -> tuple[Method, Plan]:
     """Check everything that can be checked before Ray starts; errors name what to fix."""
-    method = method_for(cfg.method)
+    method = get_method(cfg.method)
     method.check_config(cfg)
     set_endpoint(cfg.data.endpoint)
     data_uri = resolve_data_uri(cfg)
@@ -232,7 +227,7 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
     if cfg.run.resume and not exists:
         raise ConfigError(f"--resume: no run named {cfg.run.name!r} under {cfg.run.storage}")
     done = latest_checkpoint_epoch(run) if exists else None
-    size, channels = data_shape(cfg)
+    size, channels = input_shape(cfg)
     if cfg.model.init:  # a checkpoint that does not fit fails now, not on every worker
         check_init(method, cfg, DataInfo(list(manifest.class_names), size, channels))
     rows = manifest.rows_in(cfg.data.train_splits)
@@ -249,7 +244,7 @@ def plan_run(cfg: Config) -> tuple[Method, Plan]:
                 class_names=list(manifest.class_names), image_size=size, channels=channels,
                 train_rows=rows, steps_per_epoch=max(1, rows // per_step),
                 start_epoch=0 if done is None else done + 1, created_at=time.time(),
-                targets=run_targets(method, manifest.targets))
+                targets=method.targets_note(manifest.targets))
     return method, plan
 
 
@@ -382,7 +377,16 @@ def train(cfg: Config) -> RunOutcome:
     trainer = build_trainer(cfg, method, plan)
     outcome = finish_run(cfg, trainer.fit(), targets=plan.targets)
     if method.after_run is not None:
-        method.after_run(Config.from_dict(plan.config), outcome)
+        figures = method.after_run(Config.from_dict(plan.config),
+                                   outcome.best_checkpoint or outcome.latest_checkpoint)
+        run = run_location(cfg)
+        for name, data in figures.files.items():
+            _write_text(run, name, data)
+        scalars = _Scalars(run.uri, cfg.data.endpoint)
+        for tag, image in figures.images.items():
+            scalars.writer.add_image(tag, image, cfg.train.epochs, dataformats="HWC")
+        scalars.write({}, cfg.train.epochs)
+        scalars.close()
     return outcome
 
 
@@ -400,7 +404,7 @@ def cross_validate(cfg: Config) -> dict:
     if k < 2:
         raise ConfigError(f"--fold all: {cfg.data.uri or 'the data'} has no k-fold "
                           "assignment; ingest it with --folds K")
-    method = method_for(cfg.method)
+    method = get_method(cfg.method)
     folds = []
     for fold in range(k):
         fold_cfg = override(override(cfg, "data.fold", fold), "run.name",
@@ -632,8 +636,11 @@ def _explain(scalars: _Scalars, state: TrainState, images: torch.Tensor, epoch: 
     """Grad-CAM and Guided Grad-CAM of ``images`` into TensorBoard (``best/explain``)."""
     from ray_fer.explain.run import explain_to_tensorboard
 
-    explain_to_tensorboard(scalars.writer, state.modules["model"], images, epoch + 1,
-                           model_name=state.cfg.model_name,
+    model = get_method(state.cfg.method)
+    subject = Subject(state.modules["model"], model.task,
+                      model.outputs(state.info.class_names),
+                      get_model(state.cfg.model_name).gradcam_layer(state.modules["model"]))
+    explain_to_tensorboard(scalars.writer, subject, images, epoch + 1,
                            class_names=state.info.class_names, tag="best/explain")
 
 
@@ -732,7 +739,7 @@ def ray_train_session(plan: Plan) -> Session:
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker entry: the epochs of one run (see the module docstring)."""
     plan = Plan(**loop_config)
-    run_worker(plan, method_for(plan.config["method"]))
+    run_worker(plan, get_method(plan.config["method"]))
 
 
 def run_worker(plan: Plan, method: Method, session: Session | None = None) -> None:
@@ -788,8 +795,8 @@ def run_worker(plan: Plan, method: Method, session: Session | None = None) -> No
     if scalars is not None and plan.targets:
         scalars.writer.add_text("run/targets", plan.targets)
     # Rank 0 keeps a few validation faces to explain at each new best epoch.
-    explainable = rank == 0 and cfg.train.explain_images > 0 and method.family in (
-        "classify", "caf")
+    explain_layer = get_model(cfg.model_name).gradcam_layer(state.modules["model"])
+    explainable = rank == 0 and cfg.train.explain_images > 0 and explain_layer is not None
     sample: list[torch.Tensor] | None = [] if explainable else None
     try:
         for epoch in range(first_epoch, cfg.train.epochs):

@@ -18,8 +18,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from ray_fer.checkpoint import copy_folder
 from ray_fer.storage import Location
-from ray_fer.train.checkpoint import copy_folder
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 

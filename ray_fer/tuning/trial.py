@@ -115,9 +115,9 @@ def trial_session(cfg: Config, plan, method):
     Tune's checkpoint to resume from, reports to Tune."""
     from ray import tune
 
+    from ray_fer.checkpoint import META_FILE
     from ray_fer.data.execution import start_at
     from ray_fer.data.stream import read_in_order
-    from ray_fer.train.checkpoint import META_FILE
     from ray_fer.train.loop import Session, open_datasets
 
     checkpoint = tune.get_checkpoint()

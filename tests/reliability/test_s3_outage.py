@@ -93,12 +93,12 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
     import ray
     from support.tiny_shards import write_tiny_shards
 
-    from ray_fer.config import build_config
+    from ray_fer.checkpoint import load_checkpoint, local_checkpoint
+    from ray_fer.methods.registry import method_config
     from ray_fer.train import loop
-    from ray_fer.train.checkpoint import load_checkpoint, local_checkpoint
 
     bucket = own_s3.new_bucket("train")
-    cfg = build_config("deep_emotion", "classify", flags={
+    cfg = method_config("deep_emotion", flags={
         "data.uri": write_tiny_shards(tmp_path / "shards", train=128), "run.name": "crash",
         "run.storage": f"{bucket}/runs", "train.epochs": EPOCHS, "train.batch_size": 32,
         "train.eval_batch_size": 64, "data.shuffle_buffer": 0})
@@ -142,7 +142,7 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
         loaded = load_checkpoint(folder)
     assert loaded.meta["epoch"] == last
     assert [m["epoch"] for m in loaded.progress.history] == list(range(last + 1))
-    from ray_fer.train.steps import CLASSIFY
+    from ray_fer.methods.registry import get_method
 
-    modules = CLASSIFY.build_modules(loaded.cfg, loaded.info)
+    modules = get_method(loaded.cfg.method).build_modules(loaded.cfg, loaded.info)
     loaded.restore(modules)

@@ -13,9 +13,11 @@ import ray
 import torch
 from support.tiny_shards import write_tiny_shards
 
-from ray_fer.config import ConfigError, build_config
+from ray_fer.config import ConfigError
+from ray_fer.data.info import DataInfo
+from ray_fer.methods import classify
+from ray_fer.methods.registry import get_method, method_config
 from ray_fer.train import loop
-from ray_fer.train.steps import CLASSIFY, DataInfo
 
 pytestmark = pytest.mark.slow
 
@@ -44,7 +46,7 @@ def storage(tmp_path_factory) -> Path:
 def config(shards: str, storage: Path, name: str, epochs: int, **flags):
     # A step schedule does not depend on the total epoch count, so a 2-epoch run
     # resumed to 4 follows the same learning rates as a 4-epoch run.
-    return build_config("deep_emotion", "classify", flags={
+    return method_config("deep_emotion", flags={
         "data.uri": shards, "run.storage": str(storage), "run.name": name,
         "train.epochs": epochs, "train.batch_size": 32, "train.eval_batch_size": 64,
         "optim.schedule": "step", "optim.step_epochs": 3, "optim.lr": 3e-3,
@@ -70,7 +72,7 @@ def resumed_run(local_ray, shards, storage):
 def test_short_run_on_the_embedded_synthetic_faces_learns(local_ray, tmp_path):
     # No --data: the embedded synthetic set (7 classes, 2,940 training faces). A constant
     # lr and no augmentation let 3 short epochs on 2 CPUs get well past chance.
-    cfg = build_config("deep_emotion", "classify", flags={
+    cfg = method_config("deep_emotion", flags={
         "run.storage": str(tmp_path), "run.name": "synthetic", "train.epochs": 3,
         "train.batch_size": 32, "optim.schedule": "none", "augment.enabled": False})
     outcome = loop.train(cfg)
@@ -140,11 +142,11 @@ def _recording_train(state, batch):
     out = Path(state.cfg.run.storage) / ROWS_DIR / f"rank{rank}-epoch{state.epoch}-"
     with open(str(out) + "rows.txt", "a") as f:
         f.write("\n".join(str(r) for r in batch["row"].tolist()) + "\n")
-    return CLASSIFY.train_batch(state, batch)
+    return classify.train_batch(state, batch)
 
 
 def _recording_worker(loop_config: dict) -> None:
-    method = dataclasses.replace(CLASSIFY, train_batch=_recording_train)
+    method = dataclasses.replace(get_method("deep_emotion"), train_batch=_recording_train)
     loop.run_worker(loop.Plan(**loop_config), method)
 
 

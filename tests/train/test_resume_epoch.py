@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ray_fer.checkpoint import CHECKPOINT_FILES
 from ray_fer.storage import resolve
-from ray_fer.train.checkpoint import CHECKPOINT_FILES
 from ray_fer.train.loop import (
     CHECKPOINT_PREFIX,
     TRAIN_SNAPSHOT,

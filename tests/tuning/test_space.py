@@ -7,8 +7,8 @@ import optuna
 import pytest
 import yaml
 
-from ray_fer.config import ConfigError, build_config
-from ray_fer.train.steps import method_for
+from ray_fer.config import ConfigError
+from ray_fer.methods.registry import method_config
 from ray_fer.tune import base_configs, parser
 from ray_fer.tuning.space import SearchSpaceError, load_search_space
 
@@ -124,11 +124,11 @@ def test_a_space_searches_several_methods_with_conditional_keys(tmp_path):
 def test_packaged_start_points_are_each_methods_recipe(tmp_path):
     vgg, wide = _load(tmp_path, {**CONDITIONAL, "start_with": ["packaged"]},
                       name="vgg_bn").space.start_points
-    recipe = build_config("vgg_bn", "classify")
+    recipe = method_config("vgg_bn")
     assert vgg == {"method": "vgg_bn", "optim.optimizer": "sgd",
                    "optim.lr|optim.optimizer=sgd": recipe.optim.lr,
                    "optim.momentum": recipe.optim.momentum, "loss.l2": recipe.loss.l2}
-    recipe = build_config("deep_emotion_wide", "classify")
+    recipe = method_config("deep_emotion_wide")
     assert wide == {"method": "deep_emotion_wide", "optim.optimizer": "adam",
                     "optim.lr|optim.optimizer=adam": recipe.optim.lr,
                     "model.options.width": 64, "loss.l2": recipe.loss.l2}
@@ -175,7 +175,7 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
     only under-trained models of an SGD method."""
     space = base_configs(parser().parse_args([path.stem])).space
     for method in space.methods:
-        cfg = build_config(method, method_for(method).family)
+        cfg = method_config(method)
         ranges = [p for p in space.params if p.key == "optim.lr"
                   and dict(p.when).get("optim.optimizer", (cfg.optim.optimizer,))
                   .__contains__(cfg.optim.optimizer)]
@@ -184,7 +184,7 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
 
 def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
     path = next(p for p in SPACES if p.stem == "deep_emotion")
-    cfg = build_config("deep_emotion", "classify")
+    cfg = method_config("deep_emotion")
     (point,) = load_search_space(path, lambda m, k, v: None).start_points
     assert point["loss.l2"] == cfg.loss.l2 and point["optim.lr"] == cfg.optim.lr
     assert point["train.batch_size"] == cfg.train.batch_size
