@@ -6,7 +6,7 @@ For each model, at its training size and batch, on one GPU:
     bf16 autocast, channels_last; the same batches: augmentation and Mixup/CutMix on the
     GPU) over uint8 faces already on the GPU, a seeded permutation per epoch — no Ray, no
     data pipeline;
-(b) ray_fer: ``ray_fer.train.loop.train`` — shards read by Ray Data, one Ray Train
+(b) ray_fer: ``ray_fer.train.driver.train`` — shards read by Ray Data, one Ray Train
     worker, the worker's device cache (``data.cache``) filled in epoch 0; images/s
     from the loop's own per-epoch ``rows_train / time_train_s``, median over epochs ≥ 1,
     plus epoch 0 (streaming from Ray Data while the cache fills) and, with
@@ -54,7 +54,9 @@ from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_tab
 from ray_fer.data.shards import read_manifest
 from ray_fer.methods.registry import get_model, method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
+from ray_fer.train import driver
+from ray_fer.train.epoch import build_state, fit_batch, train_step, wrap_module
+from ray_fer.train.plan import plan_run
 
 MODELS = ("deep_emotion", "deep_emotion_wide", "vgg_bn", "mobilenet_v2_dense",
           "efficientnet_b0_dense", "efficientnet_b2_dense", "resnet50", "resnet50_icbam",
@@ -118,14 +120,14 @@ def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:
     normalisation, augmentation, Mixup/CutMix as configured), so (a) and (b) do the same
     work per step; (a) has no Ray, no data pipeline and no metric bookkeeping.
     """
-    method, plan = loop.plan_run(cfg)
+    method, plan = plan_run(cfg)
     device = torch.device("cuda" if cfg.resources.gpu else "cpu")
     torch.backends.cudnn.benchmark = True  # as the Ray Train worker sets it
     cache = gpu_cache(cfg, data, device)
     info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
                     channels=plan.channels)
-    state = loop.build_state(method, cfg, info, device, plan.steps_per_epoch)
-    state.train_modules = {k: loop.wrap_module(m, cfg, device, 1)
+    state = build_state(method, cfg, info, device, plan.steps_per_epoch)
+    state.train_modules = {k: wrap_module(m, cfg, device, 1)
                            for k, m in state.modules.items()}
     for module in state.modules.values():
         module.train()
@@ -140,7 +142,7 @@ def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:
         started = time.perf_counter()
         steps = 0
         for batch in batches:
-            loop.train_step(method, state, loop.fit_batch(batch, info, channels_last))
+            train_step(method, state, fit_batch(batch, info, channels_last))
             steps += 1
         issued = time.perf_counter()
         _sync(device)
@@ -157,7 +159,7 @@ def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
 
 def ray_path(cfg: Config) -> dict:
     """(b): the loop's own per-epoch figures for one run."""
-    outcome = loop.train(cfg)
+    outcome = driver.train(cfg)
     rates = [m["rows_train"] / m["time_train_s"] for m in outcome.history]
     return {"epoch0": rates[0], "steady": statistics.median(rates[1:]),
             "startup_s": outcome.history[0].get("time_startup_s")}

@@ -29,7 +29,8 @@ from ray_fer.methods.classify import classify_eval_sums, classify_logits
 from ray_fer.methods.registry import get_method
 from ray_fer.reports.confusion import confusion_record, confusion_summary, plot_confusion
 from ray_fer.storage import resolve
-from ray_fer.train.loop import evaluate_shard, fit_batch, resolve_data_uri
+from ray_fer.train.epoch import evaluate_shard, fit_batch
+from ray_fer.train.plan import resolve_data_uri
 
 TTA_CHOICES = ("flip", "tencrop")
 

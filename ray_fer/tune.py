@@ -200,7 +200,7 @@ def asha_settings(search: Search, opts: dict) -> dict:
     rungs sit at ``grace_period`` epochs of the longest schedule times powers of the
     reduction factor, which is the same share of every shorter schedule.
     """
-    from ray_fer.train.loop import SCHEDULE_PCT
+    from ray_fer.train.worker import SCHEDULE_PCT
 
     longest = search.max_epochs
     if opts["grace_period"] > longest:
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
             raise ConfigError(f"--max-failures must be >= 0, got {args.max_failures}")
         search = base_configs(args)
         opts = settings(args, search.space)
-        from ray_fer.train.loop import resolve_data_uri
+        from ray_fer.train.plan import resolve_data_uri
 
         # Materialise the embedded data once, in the driver, not in every trial (on a
         # cluster with S3 storage: under the experiments' storage, for every node).

@@ -14,7 +14,7 @@ from support.tiny_shards import write_tiny_shards
 from ray_fer import evaluate as ev
 from ray_fer.methods.registry import method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
+from ray_fer.train import driver
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def trained(tmp_path_factory, s3_server):
     # After s3_server: Ray's workers inherit its endpoint and credentials variables.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        yield loop.train(cfg)
+        yield driver.train(cfg)
     finally:
         ray.shutdown()
 

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                            target=args.target, detect=args.detect, options=options,
                            detector=detector)
         if args.split:
-            from ray_fer.train.loop import resolve_data_uri
+            from ray_fer.train.plan import resolve_data_uri
 
             data = args.data or resolve_data_uri(trained.cfg)
             explain_split(trained, subject, data, args.split, out, methods=methods,

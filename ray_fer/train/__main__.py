@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except UserError as exc:
         return print_error(exc)
-    from ray_fer.train.loop import cross_validate, train
+    from ray_fer.train.driver import cross_validate, train
 
     try:
         if args.fold == "all":

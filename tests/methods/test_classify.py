@@ -8,7 +8,7 @@ import torch
 from ray_fer.data.info import DataInfo
 from ray_fer.methods.base import Sums
 from ray_fer.methods.registry import get_method, method_config
-from ray_fer.train import loop
+from ray_fer.train import epoch
 
 
 def _step(batch: dict, smoothing: float = 0.0) -> Sums:
@@ -16,7 +16,7 @@ def _step(batch: dict, smoothing: float = 0.0) -> Sums:
         "data.uri": "unused", "loss.label_smoothing": smoothing})
     info = DataInfo(class_names=[str(i) for i in range(7)], image_size=48, channels=1)
     method = get_method(cfg.method)
-    state = loop.build_state(method, cfg, info, torch.device("cpu"), 1)
+    state = epoch.build_state(method, cfg, info, torch.device("cpu"), 1)
     state.train_modules = dict(state.modules)
     for module in state.modules.values():
         module.train()

@@ -43,7 +43,7 @@ from ray_fer.methods.registry import (
 )
 from ray_fer.models.layers.inputs import fit_images
 from ray_fer.storage import resolve
-from ray_fer.train import loop
+from ray_fer.train import epoch
 
 #: The papers' classifiers and the others ray_fer ships; all must stay registered.
 CLASSIFIERS = (
@@ -243,7 +243,7 @@ def test_every_method_trains_a_step_and_validates_on_its_metric(name, faces):
     classes = list(read_manifest(resolve(faces)).class_names)
     info = DataInfo(classes, *input_shape(cfg))
     torch.manual_seed(0)
-    state = loop.build_state(method, cfg, info, torch.device("cpu"), 1)
+    state = epoch.build_state(method, cfg, info, torch.device("cpu"), 1)
     state.train_modules = dict(state.modules)
     for module in state.modules.values():
         module.train()

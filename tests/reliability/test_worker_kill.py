@@ -21,7 +21,8 @@ from support.tiny_shards import write_tiny_shards
 from ray_fer.checkpoint import load_checkpoint
 from ray_fer.methods import classify
 from ray_fer.methods.registry import get_method, method_config
-from ray_fer.train import loop
+from ray_fer.train import driver, worker
+from ray_fer.train import plan as planning
 from ray_fer.tune import build_tuner
 from ray_fer.tuning.search import make_search
 from ray_fer.tuning.space import load_search_space
@@ -73,7 +74,7 @@ def _dying_train(state, batch):
 
 
 def _dying_worker(loop_config: dict) -> None:
-    loop.run_worker(loop.Plan(**loop_config),
+    worker.run_worker(planning.Plan(**loop_config),
                     dataclasses.replace(get_method("deep_emotion"), train_batch=_dying_train))
 
 
@@ -88,14 +89,14 @@ def runs(tmp_path_factory):
     try:
         shards = write_tiny_shards(tmp / "shards", train=128)
         started = time.perf_counter()
-        clean = loop.train(_config(shards, tmp / "clean", "run"))
+        clean = driver.train(_config(shards, tmp / "clean", "run"))
         print(f"uninterrupted run: {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         storage = tmp / "killed"
         cfg = _config(shards, storage, "run")
-        method, plan = loop.plan_run(cfg)
-        result = loop.build_trainer(cfg, method, plan, worker_fn=_dying_worker).fit()
-        outcome = loop.finish_run(cfg, result)
+        method, plan = planning.plan_run(cfg)
+        result = driver.build_trainer(cfg, method, plan, worker_fn=_dying_worker).fit()
+        outcome = driver.finish_run(cfg, result)
         print(f"killed and restarted run: {time.perf_counter() - started:.1f} s")
     finally:
         ray.shutdown()
@@ -145,7 +146,8 @@ TRIAL_SPACE = {"method": "deep_emotion", "search": {"optim.lr": {"choice": [3e-3
 def _dying_trial(params: dict, *, search, storage: str) -> None:
     """``run_trial`` with the training step of :func:`_dying_train`: the trial's own
     process (it trains there, no Ray Train worker) SIGKILLs itself in epoch 2."""
-    loop.get_method = lambda name: dataclasses.replace(get_method(name), train_batch=_dying_train)
+    planning.get_method = lambda name: dataclasses.replace(get_method(name),
+                                                         train_batch=_dying_train)
     run_trial(params, search=search, storage=storage)
 
 

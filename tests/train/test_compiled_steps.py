@@ -1,4 +1,4 @@
-"""Compiled training steps (:func:`loop.wrap_module`, :func:`loop.train_step`): compiled on
+"""Compiled training steps (:func:`epoch.wrap_module`, :func:`epoch.train_step`): compiled on
 GPU only, CUDA graphs only where they can run, and replayed as CUDA graphs they train
 exactly as the compiled step does."""
 
@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 
 from ray_fer.data.info import DataInfo
 from ray_fer.methods.registry import get_method, method_config
-from ray_fer.train import loop
+from ray_fer.train import epoch
 
 
 def test_a_compiled_config_leaves_the_module_eager_on_cpu():
@@ -19,7 +19,7 @@ def test_a_compiled_config_leaves_the_module_eager_on_cpu():
     cfg = method_config("mobilenet_v2_dense")
     assert cfg.train.compile and cfg.train.cuda_graphs
     module = nn.Linear(2, 2)
-    assert loop.wrap_module(module, cfg, torch.device("cpu"), 1) is module
+    assert epoch.wrap_module(module, cfg, torch.device("cpu"), 1) is module
 
 
 @pytest.mark.parametrize(("sets", "device", "on"), [
@@ -33,7 +33,7 @@ def test_cuda_graphs_apply_to_compiled_one_worker_gpu_runs_only(sets, device, on
     """So the packaged recipe (compile + CUDA graphs) runs as it is with DDP, on CPU or
     with compile turned off."""
     cfg = method_config("efficientnet_b0_dense", sets=sets)
-    assert loop.cuda_graphs_on(cfg, torch.device(device)) is on
+    assert epoch.cuda_graphs_on(cfg, torch.device(device)) is on
 
 
 def _losses(cuda_graphs: bool, batches: list[dict]) -> list[float]:
@@ -46,12 +46,12 @@ def _losses(cuda_graphs: bool, batches: list[dict]) -> list[float]:
     method = get_method(cfg.method)
     info = DataInfo(class_names=[str(i) for i in range(7)], image_size=48, channels=1)
     device = torch.device("cuda")
-    state = loop.build_state(method, cfg, info, device, steps_per_epoch=len(batches))
-    state.train_modules = {k: loop.wrap_module(m, cfg, device, 1)
+    state = epoch.build_state(method, cfg, info, device, steps_per_epoch=len(batches))
+    state.train_modules = {k: epoch.wrap_module(m, cfg, device, 1)
                            for k, m in state.modules.items()}
     for module in state.modules.values():
         module.train()
-    return [float(loop.train_step(method, state, b)["loss_sum"]) for b in batches]
+    return [float(epoch.train_step(method, state, b)["loss_sum"]) for b in batches]
 
 
 @pytest.mark.gpu

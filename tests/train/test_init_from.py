@@ -17,7 +17,7 @@ from ray_fer.data.formats.fer2013 import CLASS_NAMES as FER_CLASSES
 from ray_fer.data.info import DataInfo
 from ray_fer.methods.registry import get_method, method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
+from ray_fer.train import epoch, plan
 from ray_fer.train.init_from import check_init, class_rows, load_matching, output_layer
 
 
@@ -31,7 +31,7 @@ def _build(classes, init: str = "", channels: int = 1, seed: int = 1):
     cfg = method_config("deep_emotion", flags={"model.init": init, "train.seed": seed,
                                                "data.uri": "unused"})
     info = DataInfo(class_names=list(classes), image_size=48, channels=channels)
-    state = loop.build_state(get_method("deep_emotion"), cfg, info, torch.device("cpu"), 1)
+    state = epoch.build_state(get_method("deep_emotion"), cfg, info, torch.device("cpu"), 1)
     return state.modules["model"]
 
 
@@ -86,7 +86,7 @@ def test_plan_run_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(
         "data.uri": shards, "data.channels": 3, "model.init": str(fer_checkpoint),
         "run.storage": str(tmp_path / "runs"), "run.name": "finetune"})
     with pytest.raises(ConfigError, match="does not fit"):
-        loop.plan_run(cfg)
+        plan.plan_run(cfg)
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
