@@ -98,10 +98,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The search spaces installed with ray_fer (``ray_fer/search_spaces`` links to the
+#: repository's ``search_spaces/``; the wheel holds copies).
+PACKAGED_SPACES = Path(__file__).resolve().parent / "search_spaces"
+
+
 def default_space_path(name: str) -> Path:
-    """``search_spaces/<name>.yaml`` in the working directory, else beside the package."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        path = root / "search_spaces" / f"{name}.yaml"
+    """``search_spaces/<name>.yaml`` in the working directory (a checkout's, where users
+    edit them), else the one installed with ray_fer."""
+    for folder in (Path.cwd() / "search_spaces", PACKAGED_SPACES):
+        path = folder / f"{name}.yaml"
         if path.is_file():
             return path
     raise ConfigError(f"no search space {name!r}: expected search_spaces/{name}.yaml "

@@ -9,7 +9,7 @@ import yaml
 
 from ray_fer.config import ConfigError
 from ray_fer.methods.registry import method_config
-from ray_fer.tune import base_configs, parser
+from ray_fer.tune import PACKAGED_SPACES, base_configs, default_space_path, parser
 from ray_fer.tuning.space import SearchSpaceError, load_search_space
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
@@ -193,3 +193,16 @@ def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
 def test_space_for_another_method_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="searches vgg_bn, not 'deep_emotion'"):
         _load(tmp_path, {**GOOD, "method": "vgg_bn"})
+
+
+def test_spaces_are_found_in_the_working_directory_first_then_in_the_package(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_space_path("caf") == PACKAGED_SPACES / "caf.yaml"
+    assert (PACKAGED_SPACES / "caf.yaml").read_text() == next(
+        p for p in SPACES if p.stem == "caf").read_text()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "search_spaces" / "caf.yaml").write_text("method: caf\n")
+    assert default_space_path("caf") == tmp_path / "search_spaces" / "caf.yaml"
+    with pytest.raises(ConfigError, match="no search space 'nope'"):
+        default_space_path("nope")
