@@ -88,7 +88,8 @@ def _random_seed() -> int:
 
 
 def ae_modules(cfg: Config, info: DataInfo) -> dict[str, nn.Module]:
-    """The autoencoder and the training and validation pair banks (never checkpointed)."""
+    """The autoencoder, and the pair banks of the training and validation rows (rebuilt
+    from the shards, never written into checkpoints)."""
     return {"model": build_network(cfg, info), "train_pairs": pair_bank(cfg, info, "train"),
             "val_pairs": pair_bank(cfg, info, "val")}
 
