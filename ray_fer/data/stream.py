@@ -14,6 +14,7 @@ first epoch a worker may serve its rows from a :class:`DeviceCache` instead
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -252,18 +253,30 @@ class FullCoverageDataConfig(ray.train.DataConfig):
     drops rows (up to ``n - 1`` per epoch) to give every worker exactly as many rows.
     Here no row is dropped: each worker receives whole blocks, greedily to the worker
     with the fewest rows so far, so shares differ by at most about one block.
+
+    It keeps its own settings: the ones its base class holds are private to Ray.
     """
+
+    def __init__(self, *, datasets_to_split: list[str] | str,
+                 execution_options: ray.data.ExecutionOptions,
+                 enable_shard_locality: bool = True) -> None:
+        super().__init__(datasets_to_split=datasets_to_split,
+                         execution_options=execution_options,
+                         enable_shard_locality=enable_shard_locality)
+        self.split_names = datasets_to_split
+        self.options = execution_options
+        self.shard_locality = enable_shard_locality
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
-        split_names = (set(datasets) if self._datasets_to_split == "all"
-                       else set(self._datasets_to_split))
-        hints = worker_node_ids if self._enable_shard_locality else None
+        split_names = set(datasets) if self.split_names == "all" else set(self.split_names)
+        hints = worker_node_ids if self.shard_locality else None
         for name, ds in datasets.items():
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            # A copy per dataset: the options must not alias another dataset's or ours.
+            ds.context.execution_options = copy.deepcopy(self.options)
             if name in split_names:
                 for i, it in enumerate(ds.streaming_split(world_size, equal=False,
                                                           locality_hints=hints)):
