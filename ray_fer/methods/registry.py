@@ -155,25 +155,24 @@ MODELS: Mapping[str, Model] = MappingProxyType(_MODELS)
 METHODS: Mapping[str, Method] = MappingProxyType(_METHODS)
 
 
+def _add(table: dict, item: Model | Method, what: str):
+    if item.name in table:
+        raise ValueError(f"{what} {item.name!r} is registered twice")
+    if item.task not in TASKS:
+        raise ValueError(f"{what} {item.name!r}: unknown task {item.task!r}")
+    table[item.name] = item
+    return item
+
+
 def register_model(model: Model) -> Model:
     """Add ``model`` under its name (once)."""
-    if model.name in _MODELS:
-        raise ValueError(f"model {model.name!r} is registered twice")
-    if model.task not in TASKS:
-        raise ValueError(f"model {model.name!r}: unknown task {model.task!r}")
-    _MODELS[model.name] = model
-    return model
+    return _add(_MODELS, model, "model")
 
 
 def register_method(method: Method) -> Method:
     """Add ``method`` under its name (once); it trains the model of the same name unless
     a run's ``model.name`` says otherwise."""
-    if method.name in _METHODS:
-        raise ValueError(f"method {method.name!r} is registered twice")
-    if method.task not in TASKS:
-        raise ValueError(f"method {method.name!r}: unknown task {method.task!r}")
-    _METHODS[method.name] = method
-    return method
+    return _add(_METHODS, method, "method")
 
 
 def _names(table: Mapping[str, Model | Method], task: Task | None) -> tuple[str, ...]:
@@ -192,22 +191,22 @@ def method_names(task: Task | None = None) -> tuple[str, ...]:
     return _names(_METHODS, task)
 
 
+def _lookup(table: Mapping, name: str, what: str, error: type[Exception]):
+    try:
+        return table[name]
+    except KeyError:
+        raise error(f"unknown {what} {name!r}; choose one of: "
+                    f"{', '.join(sorted(table))}") from None
+
+
 def get_model(name: str) -> Model:
     """The model registered as ``name``; ValueError listing the known ones if none is."""
-    try:
-        return _MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of: "
-                         f"{', '.join(model_names())}") from None
+    return _lookup(_MODELS, name, "model", ValueError)
 
 
 def get_method(name: str) -> Method:
     """The method registered as ``name``; ConfigError listing the known ones if none is."""
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of: "
-                          f"{', '.join(method_names())}") from None
+    return _lookup(_METHODS, name, "method", ConfigError)
 
 
 def model_options(name: str) -> dict[str, Any]:
