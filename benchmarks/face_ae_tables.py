@@ -12,7 +12,7 @@ For each seed, one ResNet-34 V/A regressor is trained per row of the tables:
 Each is evaluated on the original faces of ``--eval-split``; the script prints a Markdown
 table of mean ± std over the seeds of RMSE, PCC (CORR), CCC and SAGR for valence and
 arousal. Plain torch on one device, no Ray: the steps, pairing and resampling are those of
-``python -m ray_fer.train face_ae | face_ae_regressor`` (``ray_fer.train.face_ae_steps``).
+``python -m ray_fer.train face_ae | face_ae_regressor`` (``ray_fer.methods.face_ae.steps``).
 
 Shards must hold square RGB or gray faces of a side divisible by 16 (the paper: ingest
 with ``--size 64 --channels 3``); the autoencoder works at that size and the regressor
@@ -40,11 +40,10 @@ import torch
 
 from ray_fer.data.shards import decode_images, read_manifest
 from ray_fer.data.targets import targets_label
-from ray_fer.models.face_ae import FaceAutoencoder, VaRegressor
-from ray_fer.storage import resolve
-from ray_fer.train.face_ae_steps import (
+from ray_fer.methods.face_ae.model import FaceAutoencoder, VaRegressor
+from ray_fer.methods.face_ae.steps import (
     Balance,
-    FaceAeConfig,
+    FaceAeOptions,
     PairBank,
     ae_step,
     pair_batch,
@@ -53,7 +52,8 @@ from ray_fer.train.face_ae_steps import (
     resample_counts,
     stream_range,
 )
-from ray_fer.train.metrics import va_metrics
+from ray_fer.methods.metrics import va_metrics
+from ray_fer.storage import resolve
 
 METRICS = ("rmse", "pcc", "ccc", "sagr")
 HEADERS = {"rmse": "RMSE", "pcc": "CORR", "ccc": "CCC", "sagr": "SAGR"}
@@ -123,7 +123,7 @@ def train_autoencoder(data: Faces, args: argparse.Namespace, seed: int,
     if len(bank) == 0:
         sys.exit("error: the autoencoder's data has no same-person pairs with different V/A")
     optimizer = torch.optim.Adam(ae.parameters(), lr=args.lr)
-    config = FaceAeConfig(args.lambda_v, args.lambda_a, args.recon_weight)
+    config = FaceAeOptions(args.lambda_v, args.lambda_a, args.recon_weight)
     generator = torch.Generator(device=device).manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = bank.keys.cpu().numpy()

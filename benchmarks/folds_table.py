@@ -47,13 +47,13 @@ def fold_runs(group: str) -> tuple[str, list[str], str, str]:
                 summary.get("mode", "max"))
     import yaml
 
-    from ray_fer.train.steps import method_for
+    from ray_fer.methods.registry import get_method
 
     name, pattern = group.split("=", 1)
     runs = sorted(p for p in glob.glob(pattern) if os.path.isfile(p + "/history.json"))
     if not runs:
         raise ValueError(f"{group}: no run folder with a history.json matches")
-    method = method_for(yaml.safe_load(_read_text(runs[0] + "/config.yaml"))["method"])
+    method = get_method(yaml.safe_load(_read_text(runs[0] + "/config.yaml"))["method"])
     return name, runs, method.metric, method.mode
 
 
@@ -64,14 +64,14 @@ def targets_of(run: str) -> str:
 
     from ray_fer.data.shards import read_manifest
     from ray_fer.errors import UserError
-    from ray_fer.train.steps import method_for, run_targets
+    from ray_fer.methods.registry import get_method
 
     config = yaml.safe_load(_read_text(run.rstrip("/") + "/config.yaml"))
     uri = (config.get("data") or {}).get("uri")
     if not uri:
         return ""
     try:
-        return run_targets(method_for(config["method"]), read_manifest(resolve(uri)).targets)
+        return get_method(config["method"]).targets_note(read_manifest(resolve(uri)).targets)
     except (OSError, UserError):
         return "targets unknown"
 

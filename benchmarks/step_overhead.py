@@ -39,7 +39,8 @@ import torch
 
 from ray_fer.cluster.runtime import TRAIN_POLL_ENV, TRAIN_POLL_S, connect
 from ray_fer.config import Config, override
-from ray_fer.train import loop
+from ray_fer.train import driver
+from ray_fer.train.plan import plan_run
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -66,20 +67,20 @@ def in_task(cfg: Config, data: str, epochs: int) -> list[dict]:
 def in_train_worker(cfg: Config, data: str, epochs: int, out: Path) -> list[dict]:
     """The plain loop as the worker function of ray_fer's TorchTrainer for ``cfg``; its
     records pass through ``out`` (Ray Train keeps reported metrics only with checkpoints)."""
-    method, plan = loop.plan_run(cfg)
+    method, plan = plan_run(cfg)
     # The trainer creates cfg's run folder; the plain loop plans a run of its own name.
     inner = override(cfg, "run.name", f"{cfg.run.name}-plain")
 
     def worker(_plan: dict) -> None:
         out.write_text(json.dumps(throughput.plain_epochs(inner, data, epochs)))
 
-    loop.build_trainer(cfg, method, plan, worker_fn=worker).fit()
+    driver.build_trainer(cfg, method, plan, worker_fn=worker).fit()
     return json.loads(out.read_text())
 
 
 def ray_fer_run(cfg: Config) -> list[dict]:
     """ray_fer's own run: the loop's per-epoch rows and training seconds."""
-    outcome = loop.train(cfg)
+    outcome = driver.train(cfg)
     return [{"images": m["rows_train"], "wall_s": m["time_train_s"]} for m in outcome.history]
 
 

@@ -6,7 +6,7 @@ For each model, at its training size and batch, on one GPU:
     bf16 autocast, channels_last; the same batches: augmentation and Mixup/CutMix on the
     GPU) over uint8 faces already on the GPU, a seeded permutation per epoch — no Ray, no
     data pipeline;
-(b) ray_fer: ``ray_fer.train.loop.train`` — shards read by Ray Data, one Ray Train
+(b) ray_fer: ``ray_fer.train.driver.train`` — shards read by Ray Data, one Ray Train
     worker, the worker's device cache (``data.cache``) filled in epoch 0; images/s
     from the loop's own per-epoch ``rows_train / time_train_s``, median over epochs ≥ 1,
     plus epoch 0 (streaming from Ray Data while the cache fills) and, with
@@ -46,15 +46,17 @@ import pyarrow.parquet as pq
 import torch
 
 from ray_fer.cluster.runtime import uncached_bytecode
-from ray_fer.config import Config, build_config
+from ray_fer.config import Config
 from ray_fer.data import stream
 from ray_fer.data.device_cache import DeviceCache
+from ray_fer.data.info import DataInfo
 from ray_fer.data.shard_source import DECODED_COLUMNS, ROW_ID_STRIDE, decode_table, row_mask
 from ray_fer.data.shards import read_manifest
-from ray_fer.models.registry import model_defaults
+from ray_fer.methods.registry import get_model, method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
-from ray_fer.train.steps import DataInfo
+from ray_fer.train import driver
+from ray_fer.train.epoch import build_state, fit_batch, train_step, wrap_module
+from ray_fer.train.plan import plan_run
 
 MODELS = ("deep_emotion", "deep_emotion_wide", "vgg_bn", "mobilenet_v2_dense",
           "efficientnet_b0_dense", "efficientnet_b2_dense", "resnet50", "resnet50_icbam",
@@ -76,8 +78,8 @@ def faces(root: Path, size: int, channels: int, rows: int) -> str:
 
 def model_faces(root: Path, model: str, rows: int) -> str:
     """:func:`faces` at ``model``'s input size and channels."""
-    defaults = model_defaults(model)
-    return faces(root, defaults.image_size, defaults.in_channels, rows)
+    defaults = get_model(model)
+    return faces(root, defaults.image_size, defaults.channels, rows)
 
 
 def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: int | None,
@@ -86,7 +88,7 @@ def config(model: str, data: str, storage: Path, name: str, epochs: int, batch: 
     flags = {"data.uri": data, "run.storage": str(storage), "run.name": name,
              "train.epochs": epochs, "resources.gpu": torch.cuda.is_available(),
              "train.batch_size": batch}
-    return build_config(model, "classify", flags=flags | extra)
+    return method_config(model, flags=flags | extra)
 
 
 def _sync(device: torch.device) -> None:
@@ -118,14 +120,14 @@ def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:
     normalisation, augmentation, Mixup/CutMix as configured), so (a) and (b) do the same
     work per step; (a) has no Ray, no data pipeline and no metric bookkeeping.
     """
-    method, plan = loop.plan_run(cfg)
+    method, plan = plan_run(cfg)
     device = torch.device("cuda" if cfg.resources.gpu else "cpu")
     torch.backends.cudnn.benchmark = True  # as the Ray Train worker sets it
     cache = gpu_cache(cfg, data, device)
     info = DataInfo(class_names=plan.class_names, image_size=plan.image_size,
                     channels=plan.channels)
-    state = loop.build_state(method, cfg, info, device, plan.steps_per_epoch)
-    state.train_modules = {k: loop.wrap_module(m, cfg, device, 1)
+    state = build_state(method, cfg, info, device, plan.steps_per_epoch)
+    state.train_modules = {k: wrap_module(m, cfg, device, 1)
                            for k, m in state.modules.items()}
     for module in state.modules.values():
         module.train()
@@ -140,7 +142,7 @@ def plain_epochs(cfg: Config, data: str, epochs: int) -> list[dict]:
         started = time.perf_counter()
         steps = 0
         for batch in batches:
-            loop.train_step(method, state, loop.fit_batch(batch, info, channels_last))
+            train_step(method, state, fit_batch(batch, info, channels_last))
             steps += 1
         issued = time.perf_counter()
         _sync(device)
@@ -157,7 +159,7 @@ def plain_images_per_s(cfg: Config, data: str, epochs: int) -> float:
 
 def ray_path(cfg: Config) -> dict:
     """(b): the loop's own per-epoch figures for one run."""
-    outcome = loop.train(cfg)
+    outcome = driver.train(cfg)
     rates = [m["rows_train"] / m["time_train_s"] for m in outcome.history]
     return {"epoch0": rates[0], "steady": statistics.median(rates[1:]),
             "startup_s": outcome.history[0].get("time_startup_s")}
@@ -165,11 +167,11 @@ def ray_path(cfg: Config) -> dict:
 
 def measure(model: str, work: Path, rows: int, epochs: int, batch: int | None,
             with_stream: bool, extra: dict, plain_only: bool = False) -> dict:
-    defaults = model_defaults(model)
+    defaults = get_model(model)
     data = model_faces(work, model, rows)
     cfg = config(model, data, work / "runs", f"{model}-cached-{time.time_ns()}", epochs, batch,
                  extra)
-    row = {"model": model, "size": defaults.image_size, "channels": defaults.in_channels,
+    row = {"model": model, "size": defaults.image_size, "channels": defaults.channels,
            "batch": cfg.train.batch_size, "plain": plain_images_per_s(cfg, data, epochs)}
     if plain_only:
         print(json.dumps(row), flush=True)
@@ -311,7 +313,7 @@ def spread(model: str, work: Path, rows: int, epochs: int, trials: int, per_gpu:
 
     from ray_fer.cluster.runtime import connect
     data = model_faces(work, model, rows)
-    space = l2_space(model, work, build_config(model, "classify").train.batch_size)
+    space = l2_space(model, work, method_config(model).train.batch_size)
     gpus = gpu_count()
     out: dict = {"model": model, "trials": trials, "per_gpu": per_gpu, "epochs": epochs}
     for given in (1, gpus):

@@ -33,8 +33,8 @@ import traceback
 from pathlib import Path
 
 #: ray_fer functions whose (start, duration) each trial records, by module.
-TIMED = {"ray_fer.train.loop": ("plan_run", "open_datasets", "build_state"),
-         "ray_fer.tuning.trial": ("trial_device",)}
+TIMED = {"ray_fer.train.plan": ("plan_run",), "ray_fer.train.runtime": ("open_datasets",),
+         "ray_fer.train.worker": ("build_state",), "ray_fer.tuning.trial": ("trial_device",)}
 
 
 def _where(frame) -> str | None:
@@ -82,7 +82,7 @@ def timed_trial(params: dict, *, search, storage: str, marks_dir: str,
     import functools
     import importlib
 
-    import ray_fer.train.loop as loop
+    import ray_fer.train.epoch as epoch
     import ray_fer.tuning.trial as trial
 
     run_trial = trial.run_trial
@@ -124,8 +124,8 @@ def timed_trial(params: dict, *, search, storage: str, marks_dir: str,
     for module_name, names in TIMED.items():
         for name in names:
             wrap(importlib.import_module(module_name), name, call)
-    wrap(loop, "_batches", first_batch)  # recorded as "first_batch"
-    wrap(loop, "_accumulate", first_step_done)
+    wrap(epoch, "fitted", first_batch)  # recorded as "first_batch"
+    wrap(epoch, "accumulate", first_step_done)
     stop = threading.Event()
     if stacks_s:
         marks["stacks"] = []

@@ -1,8 +1,11 @@
 """Run configuration: dataclasses, loaded from YAML and overridden from the command line.
 
-Precedence (later wins): dataclass defaults < the method family's packaged YAML
-(``ray_fer/configs/<family>.yaml``: ``defaults`` then ``methods.<method>``) < a user YAML
+Precedence (later wins): dataclass defaults < the method's packaged defaults (declared
+beside the method, :attr:`ray_fer.methods.registry.Method.defaults`) < a user YAML
 (``--config``) < ``--set key.sub=value`` overrides < first-class CLI flags.
+
+This module imports neither Ray nor torch nor any other part of ray_fer but its errors:
+every layer above reads configs.
 
 Every value is checked against the dataclass field it lands in: an unknown key or a value
 of the wrong type raises :class:`ConfigError` naming the key, before any work starts.
@@ -18,16 +21,18 @@ import dataclasses
 import math
 import types
 import typing
-from dataclasses import dataclass, field
-from importlib import resources
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 
-from ray_fer.data.device_cache import CacheMode
-from ray_fer.data.stream import AugmentConfig
 from ray_fer.errors import UserError
+
+#: ``data.cache`` values: cache on CUDA when it fits (auto), always (on), never (off).
+CacheMode = Literal["auto", "on", "off"]
+CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
 
 
 class ConfigError(UserError, ValueError):
@@ -59,6 +64,86 @@ class DataSection:
     cache: CacheMode = "auto"
     #: Share of the device memory free at the start that each split's cache may take.
     cache_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (all of it configurable from YAML; defaults suit 48 px faces).
+
+    ``where="worker"`` runs :func:`ray_fer.data.augment.augment_batch` in the train worker
+    on its device, seeded from (seed, epoch, rank), so a fixed seed reproduces every batch;
+    ``where="data"`` runs it on Ray Data's CPU workers
+    (:func:`ray_fer.data.stream.apply_data_augmentation`), unseeded.
+
+    ``mixup_alpha`` / ``cutmix_alpha`` > 0 turn on Mixup / CutMix of whole training batches
+    (:func:`ray_fer.data.augment.draw_mix`), a share ``mix_prob`` of them; with both on,
+    each mixed batch uses one of the two at even odds, as timm does. Mixing needs the
+    labels, so it runs in :func:`ray_fer.data.stream.iter_train_batches` and only with
+    ``where="worker"``.
+    """
+
+    enabled: bool = True
+    hflip: bool = True
+    max_rotate_deg: float = 10.0
+    max_translate: float = 0.1
+    scale: tuple[float, float] = (0.9, 1.1)
+    crop_padding: int = 0
+    erasing_p: float = 0.5
+    erasing_area: tuple[float, float] = (0.02, 0.2)
+    where: str = "worker"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mix_prob: float = 1.0
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; keep tuples so the config stays hashable and comparable.
+        object.__setattr__(self, "scale", tuple(float(x) for x in self.scale))
+        object.__setattr__(self, "erasing_area", tuple(float(x) for x in self.erasing_area))
+        problems = []
+        if self.where not in ("worker", "data"):
+            problems.append(f"where={self.where!r} (use 'worker' or 'data')")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
+            problems.append(f"scale={self.scale} (need 0 < min <= max)")
+        lo, hi = self.erasing_area if len(self.erasing_area) == 2 else (1.0, 0.0)
+        if not 0 <= lo <= hi <= 1:
+            problems.append(f"erasing_area={self.erasing_area} (need 0 <= min <= max <= 1)")
+        if not 0 <= self.erasing_p <= 1:
+            problems.append(f"erasing_p={self.erasing_p} (need 0..1)")
+        if self.max_rotate_deg < 0 or self.max_translate < 0 or self.crop_padding < 0:
+            problems.append("max_rotate_deg, max_translate and crop_padding must be >= 0")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)} (need >= 0; 0 = off)")
+        if not 0 <= self.mix_prob <= 1:
+            problems.append(f"mix_prob={self.mix_prob} (need 0..1)")
+        if self.where == "data" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
+            # Ray Data's augmentation sees no labels to mix along with the pixels.
+            problems.append("mixup_alpha/cutmix_alpha > 0 need where='worker' (mixing "
+                            "mixes labels too, which only the train worker can)")
+        if problems:
+            raise ValueError("invalid augment config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> AugmentConfig:
+        """Build from a YAML mapping; unknown keys are an error naming them."""
+        raw = dict(raw or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
+        return cls(**raw)
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any rotation/translation/scale/crop is on (needs a grid_sample)."""
+        return (self.max_rotate_deg > 0 or self.max_translate > 0 or self.crop_padding > 0
+                or self.scale != (1.0, 1.0))
+
+    @property
+    def mixing(self) -> bool:
+        """Whether training batches are mixed (Mixup or CutMix, on the train worker)."""
+        return (self.enabled and self.where == "worker"
+                and (self.mixup_alpha > 0 or self.cutmix_alpha > 0))
 
 
 @dataclass
@@ -312,7 +397,7 @@ def merged(obj: Any, raw: dict, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(current):
             changes[key] = merged(current, value, prefix=here + ".")
         elif isinstance(current, dict) and isinstance(value, dict):
-            changes[key] = _deep_merge(current, value)
+            changes[key] = deep_merge(current, value)
         else:
             changes[key] = coerce(here, value, hints[key])
     try:
@@ -425,20 +510,12 @@ def _non_finite(raw: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if isinstance(raw, float) and not math.isfinite(raw) else []
 
 
-def packaged_defaults(family: str, method: str) -> dict:
-    """The packaged defaults of ``family`` with the overrides of ``method`` applied on top."""
-    path = resources.files("ray_fer") / "configs" / f"{family}.yaml"
-    raw = yaml.safe_load(path.read_text()) or {}
-    defaults = raw.get("defaults") or {}
-    overrides = (raw.get("methods") or {}).get(method) or {}
-    return _deep_merge(defaults, overrides)
-
-
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: Mapping, top: Mapping) -> dict:
+    """``base`` with ``top`` applied: nested mappings merged key by key, other values replaced."""
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(
-            out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, Mapping) and isinstance(
+            out.get(k), Mapping) else v
     return out
 
 
@@ -455,14 +532,16 @@ def read_yaml(path: str | Path) -> dict:
     return raw
 
 
-def build_config(method: str, family: str, *, files: list[dict] | None = None,
-                 sets: list[str] | None = None, flags: dict[str, Any] | None = None) -> Config:
+def build_config(method: str, defaults: Mapping | None = None, *,
+                 files: list[dict] | None = None, sets: list[str] | None = None,
+                 flags: dict[str, Any] | None = None) -> Config:
     """Assemble a validated config for ``method`` from every source, in precedence order.
 
-    ``files``: mappings read from user YAML files; ``sets``: ``key.sub=value`` strings;
-    ``flags``: dotted key → value from first-class CLI flags (None values are skipped).
+    ``defaults``: the method's packaged config (a nested mapping); ``files``: mappings read
+    from user YAML files; ``sets``: ``key.sub=value`` strings; ``flags``: dotted key →
+    value from first-class CLI flags (None values are skipped).
     """
-    cfg = merged(Config(method=method), packaged_defaults(family, method))
+    cfg = merged(Config(method=method), dict(defaults or {}))
     for raw in files or []:
         raw = dict(raw)
         if raw.pop("method", method) != method:

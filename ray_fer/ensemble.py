@@ -32,15 +32,15 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
+from ray_fer.checkpoint import Progress, copy_folder, save_checkpoint
 from ray_fer.config import Config, ConfigError, override
+from ray_fer.data.info import DataInfo
 from ray_fer.data.shards import read_split_faces
 from ray_fer.errors import UserError, print_error
 from ray_fer.explain.run import model_inputs
 from ray_fer.export import Trained, load_trained
-from ray_fer.models.registry import build_model
+from ray_fer.methods.registry import build_model
 from ray_fer.storage import resolve
-from ray_fer.train.checkpoint import Progress, copy_folder, save_checkpoint
-from ray_fer.train.steps import DataInfo
 from ray_fer.tuning.ensemble import Score, greedy_selection, score, top_k
 
 RESULTS_FILE = "results.csv"

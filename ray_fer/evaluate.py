@@ -19,15 +19,18 @@ import sys
 import numpy as np
 import torch
 
+from ray_fer.checkpoint import read_checkpoint
 from ray_fer.config import ConfigError
 from ray_fer.data import stream
 from ray_fer.errors import UserError, print_error
+from ray_fer.methods import metrics as M
+from ray_fer.methods.base import TrainState
+from ray_fer.methods.classify import classify_eval_sums, classify_logits
+from ray_fer.methods.registry import get_method
 from ray_fer.reports.confusion import confusion_record, confusion_summary, plot_confusion
 from ray_fer.storage import resolve, storage_error, writable_folder
-from ray_fer.train import metrics as M
-from ray_fer.train.checkpoint import read_checkpoint
-from ray_fer.train.loop import check_data_files, evaluate_shard, fit_batch, resolve_data_uri
-from ray_fer.train.steps import TrainState, classify_eval_sums, classify_logits, method_for
+from ray_fer.train.epoch import evaluate_shard, fit_batch
+from ray_fer.train.plan import check_data_files, resolve_data_uri
 
 TTA_CHOICES = ("flip", "tencrop")
 
@@ -63,7 +66,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, split: str | None = No
         raise ValueError(f"unknown --tta {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
     loaded = read_checkpoint(checkpoint, endpoint, map_location=device)
     cfg, info = loaded.cfg, loaded.info
-    method = method_for(cfg.method)
+    method = get_method(cfg.method)
     modules = method.build_modules(cfg, info)
     loaded.restore(modules)
     for module in modules.values():
@@ -89,7 +92,7 @@ def evaluate(checkpoint: str, *, data: str | None = None, split: str | None = No
                  "class_names": info.class_names,
                  **method.summarize(sums, prefix, info)}
     confusion = None
-    if "confusion" in sums:
+    if method.task == "classify":
         confusion = sums["confusion"].numpy()
         report = M.classification_metrics(confusion)
         out["per_class"] = {

@@ -26,18 +26,18 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ray_fer.checkpoint import CheckpointError, read_checkpoint
 from ray_fer.config import Config, ConfigError
 from ray_fer.errors import UserError, print_error
-from ray_fer.models.registry import build_model, model_defaults
+from ray_fer.methods.registry import build_network, get_method, get_model, method_names
 from ray_fer.storage import writable_folder
-from ray_fer.train.checkpoint import CheckpointError, read_checkpoint
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -47,7 +47,6 @@ TORCHSCRIPT_META = "ray_fer.json"
 ONNX_OPSET = 20
 INPUT_NAME = "image"
 OUTPUT_NAME = "output"
-VA_OUTPUTS = ("valence", "arousal")
 
 
 @contextlib.contextmanager
@@ -76,7 +75,6 @@ class ModelMeta:
     """
 
     model: str
-    family: str
     task: str
     class_names: list[str]
     outputs: list[str]
@@ -89,19 +87,25 @@ class ModelMeta:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> ModelMeta:
+        """Read a description; keys of other versions (files exported before a field was
+        dropped, such as ``family``) are ignored."""
         try:
-            return cls(**json.loads(text))
-        except (TypeError, ValueError) as exc:
+            raw = json.loads(text)
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in raw.items() if k in known})
+        except (TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"{where}: unreadable ray_fer model description ({exc})") from exc
 
 
 @dataclass
 class Trained:
-    """A checkpoint's network in eval mode, with its description and the run's config."""
+    """A checkpoint's network in eval mode, with its description, the run's config and
+    the layer Grad-CAM reads in it (None: the model declares none)."""
 
     model: nn.Module
     meta: ModelMeta
     cfg: Config
+    explain_layer: str | None = None
 
 
 def load_trained(checkpoint: str, *, endpoint: str | None = None,
@@ -110,27 +114,27 @@ def load_trained(checkpoint: str, *, endpoint: str | None = None,
 
     Only the network is built (no optimizer, no training data is read). Raises
     CheckpointError for a folder that is not a checkpoint, ConfigError for a method
-    whose checkpoint holds no single inference network (the face autoencoder).
+    whose checkpoint holds no single inference network (its ``inference`` is off).
     """
     loaded = read_checkpoint(checkpoint, endpoint, map_location=device)
     cfg, info = loaded.cfg, loaded.info
-    defaults = model_defaults(cfg.model_name)
-    if defaults.task == "va" and defaults.family != "caf":
-        raise ConfigError(f"{checkpoint}: {cfg.model_name!r} checkpoints hold no single "
+    method = get_method(cfg.method)
+    if not method.inference:
+        takes = [m for m in method_names("va") if get_method(m).inference]
+        raise ConfigError(f"{checkpoint}: {cfg.method!r} checkpoints hold no single "
                           "inference network; explain, predict and export take classifiers "
-                          "and the CAF V/A models")
-    model = build_model(cfg.model_name, num_classes=info.num_classes, in_channels=info.channels,
-                        image_size=info.image_size, **cfg.model.options)
+                          f"and the V/A methods {', '.join(takes)}")
+    model = build_network(cfg, info)
     saved = loaded.state["modules"].get("model")
     if saved is None:
         raise CheckpointError(f"{checkpoint}: checkpoint has no module named 'model'")
     model.load_state_dict(saved)
     model.to(device).eval()
-    outputs = list(VA_OUTPUTS) if defaults.task == "va" else list(info.class_names)
-    meta = ModelMeta(model=cfg.model_name, family=defaults.family, task=defaults.task,
-                     class_names=list(info.class_names), outputs=outputs,
+    meta = ModelMeta(model=cfg.model_name, task=method.task,
+                     class_names=list(info.class_names), outputs=method.outputs(info.class_names),
                      image_size=info.image_size, channels=info.channels)
-    return Trained(model=model, meta=meta, cfg=cfg)
+    return Trained(model=model, meta=meta, cfg=cfg,
+                   explain_layer=get_model(cfg.model_name).gradcam_layer(model))
 
 
 def _example(meta: ModelMeta, batch: int, seed: int = 0) -> torch.Tensor:

@@ -36,7 +36,9 @@ import cv2
 import numpy as np
 import torch
 
+from ray_fer.checkpoint import CheckpointError
 from ray_fer.config import ConfigError
+from ray_fer.data.augment import normalise
 from ray_fer.data.detectors import AUTO, CHOICES, MIN_FACE, get_detector, resolve_detector
 from ray_fer.data.faces import FaceSpec, prepare_face
 from ray_fer.data.formats.base import (
@@ -47,11 +49,9 @@ from ray_fer.data.formats.base import (
     decode_image,
     set_max_pixels,
 )
-from ray_fer.data.stream import normalise
 from ray_fer.errors import UserError, print_error
 from ray_fer.export import META_KEY, TORCHSCRIPT_META, ModelMeta, load_trained, quiet_torchscript
 from ray_fer.storage import writable_folder
-from ray_fer.train.checkpoint import CheckpointError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp",
                             ".pgm", ".ppm", ".pbm"})
@@ -69,7 +69,7 @@ class PredictError(UserError, ValueError):
 class Predictor:
     """A trained model behind one call: uint8 faces (N, H, W, C) at the model's input
     size → scores (N, K): probabilities for classifiers, (valence, arousal) for V/A.
-    Faces are normalised by training's own :func:`ray_fer.data.stream.normalise`."""
+    Faces are normalised by training's own :func:`ray_fer.data.augment.normalise`."""
 
     meta: ModelMeta
     run: Callable[[np.ndarray], np.ndarray]

@@ -51,7 +51,7 @@ from ray_fer.config import (
 )
 from ray_fer.data.shards import read_manifest
 from ray_fer.errors import UserError, print_error
-from ray_fer.models.registry import model_options
+from ray_fer.methods.registry import get_method, model_options
 from ray_fer.storage import Location, resolve
 from ray_fer.tuning.interrupt import signals_seen
 from ray_fer.tuning.results import (
@@ -123,10 +123,16 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The search spaces installed with ray_fer (``ray_fer/search_spaces`` links to the
+#: repository's ``search_spaces/``; the wheel holds copies).
+PACKAGED_SPACES = Path(__file__).resolve().parent / "search_spaces"
+
+
 def default_space_path(name: str) -> Path:
-    """``search_spaces/<name>.yaml`` in the working directory, else beside the package."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        path = root / "search_spaces" / f"{name}.yaml"
+    """``search_spaces/<name>.yaml`` in the working directory (a checkout's, where users
+    edit them), else the one installed with ray_fer."""
+    for folder in (Path.cwd() / "search_spaces", PACKAGED_SPACES):
+        path = folder / f"{name}.yaml"
         if path.is_file():
             return path
     raise ConfigError(f"no search space {name!r}: expected search_spaces/{name}.yaml "
@@ -149,8 +155,6 @@ def base_configs(args: argparse.Namespace) -> Search:
 
     Precedence: packaged defaults < the space's fixed settings < --set < flags.
     """
-    from ray_fer.train.steps import method_for
-
     flags = {"data.uri": args.data, "data.endpoint": args.endpoint, "train.epochs": args.epochs,
              "resources.workers": args.workers_per_trial,
              "resources.cpus_per_worker": args.cpus_per_worker,
@@ -161,13 +165,13 @@ def base_configs(args: argparse.Namespace) -> Search:
 
     def packaged_config(method: str) -> Config:
         if method not in packaged:
-            packaged[method] = build_config(method, method_for(method).family)
+            packaged[method] = build_config(method, get_method(method).defaults)
         return packaged[method]
 
     def check(method: str, key: str, value) -> None:
         cfg = override(packaged_config(method), key, value)
         validate(cfg)
-        method_for(method).check_config(cfg)
+        get_method(method).check_config(cfg)
 
     path = Path(args.space) if args.space else default_space_path(args.method)
     space = load_search_space(path, check, lambda m, key: _packaged_value(packaged_config(m),
@@ -180,9 +184,9 @@ def base_configs(args: argparse.Namespace) -> Search:
         cfg = packaged_config(method)
         for key, value in space.fixed.items():
             cfg = override(cfg, key, value)
-        cfg = build_config(method, method_for(method).family, files=[cfg.to_dict()],
+        cfg = build_config(method, get_method(method).defaults, files=[cfg.to_dict()],
                            sets=args.set, flags=flags)
-        method_for(method).check_config(cfg)
+        get_method(method).check_config(cfg)
         bases[method] = cfg
     # A key fixed by --set or a flag (e.g. --epochs) is not searched.
     pinned = {key.partition("=")[0].strip() for key in args.set} | {
@@ -238,7 +242,7 @@ def asha_settings(search: Search, opts: dict) -> dict:
     rungs sit at ``grace_period`` epochs of the longest schedule times powers of the
     reduction factor, which is the same share of every shorter schedule.
     """
-    from ray_fer.train.loop import SCHEDULE_PCT
+    from ray_fer.train.worker import SCHEDULE_PCT
 
     longest = search.max_epochs
     return {"time_attr": SCHEDULE_PCT, "metric": search.metric, "mode": search.mode,
@@ -314,8 +318,6 @@ def summarize(grid, search: Search, *, storage: str, name: str,
     (:func:`~ray_fer.tuning.results.unfinished_trials`): the table marks them, says the
     results are partial, and no best config or checkpoint is written.
     """
-    from ray_fer.train.steps import method_for, run_targets
-
     cfg = search.first
     exp = resolve(storage.rstrip("/") + "/" + name, cfg.data.endpoint)
     keys = search.space.keys
@@ -325,8 +327,8 @@ def summarize(grid, search: Search, *, storage: str, name: str,
                       params_of=search.space.assignment, storage=exp,
                       unfinished=unfinished or ())
     write_text(exp, "results.csv", results_csv(rows, search.metric, keys))
-    targets = run_targets(method_for(cfg.method),
-                          read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
+    targets = get_method(cfg.method).targets_note(
+        read_manifest(resolve(cfg.data.uri, cfg.data.endpoint)).targets)
     on = f" on {targets}" if targets else ""
     table = results_markdown(rows, search.metric, keys)
     partial = PARTIAL_NOTE if unfinished is not None else ""
@@ -381,7 +383,7 @@ def main(argv: list[str] | None = None, *, trial_fn: Callable[..., None] | None 
         check_name(name)
         search = base_configs(args)
         opts = settings(args, search.space, search.max_epochs)
-        from ray_fer.train.loop import check_data_files, resolve_data_uri
+        from ray_fer.train.plan import check_data_files, resolve_data_uri
 
         # Materialise the embedded data once, in the driver, not in every trial (on a
         # cluster with S3 storage: under the experiments' storage, for every node).

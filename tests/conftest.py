@@ -19,5 +19,6 @@ import torch  # noqa: E402
 from support.datasets import real_dataset  # noqa: E402, F401
 from support.local_ray import local_ray  # noqa: E402, F401
 from support.s3 import s3_server  # noqa: E402, F401
+from support.torch_hub import offline_torch_hub  # noqa: E402, F401
 
 torch.set_num_threads(1)

@@ -12,44 +12,28 @@ import typing
 import pytest
 import yaml
 
-from ray_fer.config import (
-    Config,
-    ConfigError,
-    build_config,
-    check_name,
-    override,
-    packaged_defaults,
-)
-from ray_fer.models import model_defaults, model_names
-from ray_fer.train.steps import method_for
+from ray_fer.config import Config, ConfigError, check_name, override
+from ray_fer.methods.registry import get_method, method_config
 
 
 def test_sources_apply_in_precedence_order(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text("optim: {lr: 0.5, schedule: cosine}\ntrain: {epochs: 7}\n")
-    cfg = build_config("deep_emotion", "classify", files=[yaml.safe_load(path.read_text())],
-                       sets=["optim.lr=0.25", "train.epochs=9"], flags={"train.epochs": 11,
-                                                                         "loss.l2": None})
+    cfg = method_config("deep_emotion", files=[yaml.safe_load(path.read_text())],
+                        sets=["optim.lr=0.25", "train.epochs=9"], flags={"train.epochs": 11,
+                                                                          "loss.l2": None})
     assert cfg.optim.schedule == "cosine"  # file over packaged defaults
     assert cfg.optim.lr == 0.25  # --set over file
     assert cfg.train.epochs == 11  # flag over --set
-    assert cfg.loss.l2 == packaged_defaults("classify", "deep_emotion")["loss"]["l2"]
+    assert cfg.loss.l2 == get_method("deep_emotion").defaults["loss"]["l2"]
 
 
-def test_method_overrides_sit_on_family_defaults():
-    resnet = build_config("resnet50_icbam", "classify")
-    emotion = build_config("deep_emotion", "classify")
+def test_method_overrides_sit_on_the_classifier_defaults():
+    resnet = method_config("resnet50_icbam")
+    emotion = method_config("deep_emotion")
     assert resnet.optim.optimizer == "sgd" and resnet.loss.label_smoothing == 0.1
     assert emotion.optim.optimizer == "adam" and emotion.loss.l2 > 0
     assert resnet.data.val_split == emotion.data.val_split == "val"
-
-
-@pytest.mark.parametrize("method", [m for m in model_names("classify")
-                                    if model_defaults(m).trainable])
-def test_packaged_model_options_are_ones_the_model_takes(method):
-    """Recipes set model options (the EfficientNets' head dropout); a misspelt one would
-    fail every default run of that model. The check is the one every run makes."""
-    method_for(method).check_config(build_config(method, "classify"))
 
 
 def test_strings_are_converted_to_the_field_types():
@@ -78,7 +62,7 @@ def test_strings_are_converted_to_the_field_types():
 ])
 def test_bad_values_raise_errors_naming_the_key(key, value, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
-        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+        method_config("deep_emotion", sets=[f"{key}={value}"])
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -88,7 +72,7 @@ def test_bad_values_raise_errors_naming_the_key(key, value, named):
     ("resources.custom.node_b", "lots")])
 def test_out_of_range_values_name_the_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+        method_config("deep_emotion", sets=[f"{key}={value}"])
 
 
 def _float_keys(section, prefix: str = "") -> list[str]:
@@ -120,7 +104,7 @@ def test_every_float_key_refuses_non_finite_values(key, value):
     if key in ("augment.scale", "augment.erasing_area"):  # pairs
         value = f"{value},1.0"
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}.*finite"):
-        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+        method_config("deep_emotion", sets=[f"{key}={value}"])
 
 
 @pytest.mark.parametrize("key", ["model.options.dropout", "resources.custom.node_b",
@@ -128,13 +112,13 @@ def test_every_float_key_refuses_non_finite_values(key, value):
 @pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
 def test_mappings_refuse_non_finite_values_too(key, value):
     with pytest.raises(ConfigError, match=rf"{re.escape(key)}' must be a finite number"):
-        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+        method_config("deep_emotion", sets=[f"{key}={value}"])
 
 
 @pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "/abs", "../up"])
 def test_a_run_name_must_be_one_plain_folder_name(name):
     with pytest.raises(ConfigError, match="run.name' must be one plain folder name"):
-        build_config("deep_emotion", "classify", sets=[f"run.name={name}"])
+        method_config("deep_emotion", sets=[f"run.name={name}"])
     with pytest.raises(ConfigError, match="--name .* must be one plain folder name"):
         check_name(name)
 
@@ -142,7 +126,7 @@ def test_a_run_name_must_be_one_plain_folder_name(name):
 @pytest.mark.parametrize("name", ["de-l2", "run.1", "..x", "a b"])
 def test_plain_names_pass(name):
     check_name(name)
-    assert build_config("deep_emotion", "classify", sets=[f"run.name={name}"]).run.name == name
+    assert method_config("deep_emotion", sets=[f"run.name={name}"]).run.name == name
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -151,21 +135,21 @@ def test_plain_names_pass(name):
 def test_optimizer_settings_out_of_range_name_the_key(key, value):
     """torch refused these only inside the worker, after Ray had started."""
     with pytest.raises(ConfigError, match=re.escape(key)):
-        build_config("deep_emotion", "classify", sets=[f"{key}={value}"])
+        method_config("deep_emotion", sets=[f"{key}={value}"])
 
 
 def test_placement_and_custom_resources_are_set_per_worker():
-    cfg = build_config("deep_emotion", "classify",
-                       sets=["resources.placement=STRICT_SPREAD", "resources.custom.node_b=1",
-                             "resources.custom.ssd=0.5"])
+    cfg = method_config("deep_emotion",
+                        sets=["resources.placement=STRICT_SPREAD", "resources.custom.node_b=1",
+                              "resources.custom.ssd=0.5"])
     assert cfg.resources.placement == "STRICT_SPREAD"
     assert cfg.resources.custom == {"node_b": 1, "ssd": 0.5}
 
 
 def test_config_round_trips_through_yaml():
-    cfg = build_config("resnet50", "classify", sets=["augment.scale=0.7,1.3", "data.fold=2",
-                                                     "model.options.dropout=0.2",
-                                                     "resources.custom.node_a=1"])
+    cfg = method_config("resnet50", sets=["augment.scale=0.7,1.3", "data.fold=2",
+                                          "model.options.dropout=0.2",
+                                          "resources.custom.node_a=1"])
     again = Config.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
 
@@ -173,8 +157,8 @@ def test_config_round_trips_through_yaml():
 def test_config_holds_no_credentials(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t-value")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
-    cfg = build_config("deep_emotion", "classify", flags={"data.uri": "s3://bucket/fer",
-                                                          "data.endpoint": "http://s3:8333"})
+    cfg = method_config("deep_emotion", flags={"data.uri": "s3://bucket/fer",
+                                               "data.endpoint": "http://s3:8333"})
     text = cfg.to_yaml()
     assert "s3cr3t-value" not in text and "AKIAEXAMPLE" not in text
 
@@ -202,7 +186,7 @@ def test_train_cli_rejects_unknown_model_option(tmp_path):
 def test_resume_starts_from_the_stored_config_plus_new_flags(tmp_path):
     from ray_fer.train.__main__ import config_from_args, parser
 
-    stored = build_config("deep_emotion", "classify", flags={
+    stored = method_config("deep_emotion", flags={
         "optim.lr": 0.123, "run.name": "old", "run.storage": str(tmp_path)})
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.yaml").write_text(stored.to_yaml())

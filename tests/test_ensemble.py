@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from support.tiny_shards import write_tiny_shards
 
 from ray_fer import ensemble as E
-from ray_fer.config import build_config
+from ray_fer.checkpoint import Progress, save_checkpoint
+from ray_fer.data.info import DataInfo
 from ray_fer.data.shards import read_split_faces
 from ray_fer.explain.run import model_inputs
-from ray_fer.models.registry import build_model
-from ray_fer.train.checkpoint import Progress, save_checkpoint
-from ray_fer.train.steps import DataInfo
+from ray_fer.methods.registry import build_model, method_config
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +29,9 @@ def _train(folder: Path, shards: str, model: str, seed: int, steps: int, **optio
     """A short-trained classifier of the tiny shards, saved as a run's checkpoint."""
     torch.manual_seed(seed)
     faces, labels, classes = read_split_faces(shards, "train", per_class=10**6)
-    cfg = build_config(model, "classify", flags={"data.uri": shards, "run.name": folder.name,
-                                                 **{f"model.options.{k}": v
-                                                    for k, v in options.items()}})
+    cfg = method_config(model, flags={"data.uri": shards, "run.name": folder.name,
+                                      **{f"model.options.{k}": v
+                                         for k, v in options.items()}})
     info = DataInfo(classes, 48, 1)
     net = build_model(model, num_classes=4, in_channels=1, image_size=48, **options)
     x, y = model_inputs(faces, 48, 1), torch.from_numpy(labels)
@@ -127,4 +126,4 @@ def test_an_ensemble_is_assembled_not_trained(capsys):
     from ray_fer.train.__main__ import main as train_main
 
     assert train_main(["ensemble"]) == 2
-    assert "build one from trained runs with python -m ray_fer.ensemble" in capsys.readouterr().err
+    assert "unknown method 'ensemble'" in capsys.readouterr().err

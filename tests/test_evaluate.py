@@ -12,9 +12,9 @@ import ray
 from support.tiny_shards import write_tiny_shards
 
 from ray_fer import evaluate as ev
-from ray_fer.config import build_config
+from ray_fer.methods.registry import method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
+from ray_fer.train import driver
 
 pytestmark = pytest.mark.slow
 
@@ -25,13 +25,13 @@ def trained(tmp_path_factory, s3_server):
     go there through Ray Train; evaluation reads the checkpoints back from there."""
     shards = write_tiny_shards(tmp_path_factory.mktemp("tiny") / "shards")
     storage = f"{s3_server.new_bucket('runs')}/runs"
-    cfg = build_config("deep_emotion", "classify", flags={
+    cfg = method_config("deep_emotion", flags={
         "data.uri": shards, "run.storage": storage, "run.name": "eval",
         "train.epochs": 2, "train.batch_size": 32, "train.eval_batch_size": 64})
     # After s3_server: Ray's workers inherit its endpoint and credentials variables.
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
-        yield loop.train(cfg)
+        yield driver.train(cfg)
     finally:
         ray.shutdown()
 

@@ -3,6 +3,8 @@ match PyTorch; predict accepts the files; failures leave nothing behind."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -73,3 +75,13 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert export.main([str(tmp_path), "--out", str(tmp_path / "m.onnx")]) == 2
     assert "not a ray_fer checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_a_description_from_an_older_export_still_reads():
+    """Files exported before the description dropped ``family`` keep loading."""
+    meta = export.ModelMeta(model="deep_emotion", task="classify", class_names=["a", "b"],
+                            outputs=["a", "b"], image_size=48, channels=1)
+    older = json.loads(meta.to_json()) | {"family": "deep_emotion"}
+    assert export.ModelMeta.from_json(json.dumps(older), "old.onnx") == meta
+    with pytest.raises(ValueError, match="old.onnx: unreadable"):
+        export.ModelMeta.from_json('["not", "a", "mapping"]', "old.onnx")

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
-#: ``data.cache`` values: cache on CUDA when it fits (auto), always (on), never (off).
-CacheMode = Literal["auto", "on", "off"]
-CACHE_MODES: tuple[str, ...] = get_args(CacheMode)
+from ray_fer.config import CACHE_MODES
 
 
 @dataclass(frozen=True)

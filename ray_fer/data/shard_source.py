@@ -17,19 +17,21 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray.data
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 from ray.data.extensions import ArrowTensorArray
 
+from ray_fer.data.execution import execution_index
 from ray_fer.data.shards import (
+    ROW_ID_STRIDE,
     Manifest,
     ShardError,
     check_shard_data,
     decode_images,
     read_manifest,
+    row_mask,
 )
 from ray_fer.storage import resolve, s3_endpoint
 
@@ -40,8 +42,6 @@ PASSTHROUGH_COLUMNS = ("label_name", "subject_id", "split", "fold", "dataset", "
 #: Bytes per Ray block: small blocks keep the split across workers balanced (a worker
 #: gets whole blocks) at a negligible per-block cost.
 BLOCK_BYTES = 2 * 2**20
-#: Row ids are ``shard index * ROW_ID_STRIDE + row index in the shard``.
-ROW_ID_STRIDE = 2**32
 
 
 def _soft_labels(column: pa.ChunkedArray, labels: np.ndarray, k: int) -> np.ndarray:
@@ -94,22 +94,6 @@ def _stored_columns(columns: Sequence[str]) -> list[str]:
         if name in PASSTHROUGH_COLUMNS or name in ("image", "soft_label", "valence", "arousal"):
             need.add(name)
     return sorted(need)
-
-
-def row_mask(table: pa.Table, splits: Sequence[str] | None, folds: Sequence[int] | None,
-             exclude_folds: Sequence[int] | None) -> np.ndarray:
-    """Which rows of ``table`` (with ``split`` and ``fold`` columns) a selection keeps."""
-    mask = np.ones(table.num_rows, bool)
-    if splits is not None:
-        mask &= pc.is_in(table["split"], pa.array(list(splits), pa.string())).to_numpy(
-            zero_copy_only=False)
-    if folds is not None or exclude_folds is not None:
-        fold = table["fold"].to_numpy()
-        if folds is not None:
-            mask &= np.isin(fold, list(folds))
-        if exclude_folds is not None:
-            mask &= ~np.isin(fold, list(exclude_folds))
-    return mask
 
 
 @dataclass(frozen=True)
@@ -199,9 +183,8 @@ class FaceShardDatasource(Datasource):
                        data_context: Any = None) -> list[ReadTask]:
         tasks = list(zip(self._reads, self._rows, strict=True))
         if self._shuffle_seed is not None:
-            # Ray bumps the context's execution index after each complete execution (each
-            # epoch), as its own file shuffling (read_parquet's FileShuffleConfig) relies on.
-            epoch = int(getattr(data_context, "_execution_idx", 0) or 0)
+            # Ray bumps the execution index after each complete execution (each epoch).
+            epoch = execution_index(data_context)
             order = np.random.default_rng([self._shuffle_seed, epoch]).permutation(len(tasks))
             tasks = [(replace(tasks[i][0], order_seed=(self._shuffle_seed, epoch)),
                       tasks[i][1]) for i in order]

@@ -35,6 +35,8 @@ SHARD_PATTERN = "shard-{:05d}.parquet"
 #: Target uncompressed bytes of pixels per shard: big enough for efficient S3 reads,
 #: small enough that a writer holds only one shard in memory.
 TARGET_SHARD_BYTES = 64 * 2**20
+#: Row ids are ``shard index * ROW_ID_STRIDE + row index in the shard``.
+ROW_ID_STRIDE = 2**32
 
 
 class ShardError(UserError, RuntimeError):
@@ -412,3 +414,19 @@ def read_split_faces(uri: str, split: str, *, per_class: int, endpoint: str | No
     if not faces:
         raise ValueError(f"{loc.uri}: split {split!r} has no labelled rows")
     return np.concatenate(faces), np.concatenate(labels), list(manifest.class_names)
+
+
+def row_mask(table: pa.Table, splits: Sequence[str] | None, folds: Sequence[int] | None,
+             exclude_folds: Sequence[int] | None) -> np.ndarray:
+    """Which rows of ``table`` (with ``split`` and ``fold`` columns) a selection keeps."""
+    mask = np.ones(table.num_rows, bool)
+    if splits is not None:
+        mask &= pc.is_in(table["split"], pa.array(list(splits), pa.string())).to_numpy(
+            zero_copy_only=False)
+    if folds is not None or exclude_folds is not None:
+        fold = table["fold"].to_numpy()
+        if folds is not None:
+            mask &= np.isin(fold, list(folds))
+        if exclude_folds is not None:
+            mask &= ~np.isin(fold, list(exclude_folds))
+    return mask

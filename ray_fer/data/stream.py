@@ -1,4 +1,4 @@
-"""Per-epoch training views, augmentation and per-worker batch iteration for Ray Train.
+"""Per-epoch training views and per-worker batch iteration for Ray Train.
 
 Flow: :func:`open_split` (from :mod:`ray_fer.data.shard_source`) reads a shard prefix
 into a Ray Dataset of decoded columns (for training, in a seeded new block order each
@@ -6,19 +6,19 @@ epoch); :func:`apply_data_augmentation` adds CPU-side augmentation when asked; t
 trainer splits datasets across workers with :func:`data_config` (no row dropped); each
 Ray Train worker iterates its shard with :func:`iter_train_batches` /
 :func:`iter_eval_batches`, which hand over uint8 pixels (4x fewer bytes than float),
-pinned and non-blocking, then normalise and augment on the worker's device. After the
+pinned and non-blocking, then normalise and augment (:mod:`ray_fer.data.augment`) on
+the worker's device. After the
 first epoch a worker may serve its rows from a :class:`DeviceCache` instead
 (:mod:`ray_fer.data.device_cache`).
 """
 
 from __future__ import annotations
 
-import math
+import copy
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,9 +26,19 @@ import ray
 import ray.data
 import ray.train
 import torch
-import torch.nn.functional as F
 from ray.data.collate_fn import ArrowBatchCollateFn
 
+from ray_fer.config import AugmentConfig
+from ray_fer.data.augment import (
+    apply_mix,
+    augment_batch,
+    class_distribution,
+    denormalise,
+    draw_mix,
+    epoch_seed,
+    mix_rng,
+    normalise,
+)
 from ray_fer.data.device_cache import CacheRecorder, DeviceCache
 from ray_fer.data.shard_source import (
     BLOCK_BYTES,
@@ -39,172 +49,12 @@ from ray_fer.data.shard_source import (
 )
 
 __all__ = [
-    "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "AugmentConfig",
-    "CUTMIX_SHARE", "Mix", "apply_mix", "augment_batch", "class_distribution", "data_config",
-    "draw_mix", "epoch_seed", "fetching_first", "iter_eval_batches", "iter_train_batches",
-    "mix_rng", "normalise", "open_split", "apply_data_augmentation", "read_in_order",
+    "BLOCK_BYTES", "DECODED_COLUMNS", "PASSTHROUGH_COLUMNS", "ROW_ID_STRIDE", "data_config",
+    "fetching_first", "iter_eval_batches", "iter_train_batches", "open_split",
+    "apply_data_augmentation", "read_in_order",
 ]
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation (all of it configurable from YAML; defaults suit 48 px faces).
-
-    ``where="worker"`` runs :func:`augment_batch` in the train worker on its device, seeded
-    from (seed, epoch, rank), so a fixed seed reproduces every batch; ``where="data"`` runs
-    it on Ray Data's CPU workers (:func:`apply_data_augmentation`), unseeded.
-
-    ``mixup_alpha`` / ``cutmix_alpha`` > 0 turn on Mixup / CutMix of whole training batches
-    (:func:`draw_mix`), a share ``mix_prob`` of them; with both on, each mixed batch uses
-    one of the two at even odds, as timm does. Mixing needs the labels, so it runs in
-    :func:`iter_train_batches` and only with ``where="worker"``.
-    """
-
-    enabled: bool = True
-    hflip: bool = True
-    max_rotate_deg: float = 10.0
-    max_translate: float = 0.1
-    scale: tuple[float, float] = (0.9, 1.1)
-    crop_padding: int = 0
-    erasing_p: float = 0.5
-    erasing_area: tuple[float, float] = (0.02, 0.2)
-    where: str = "worker"
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    mix_prob: float = 1.0
-
-    def __post_init__(self) -> None:
-        # YAML gives lists; keep tuples so the config stays hashable and comparable.
-        object.__setattr__(self, "scale", tuple(float(x) for x in self.scale))
-        object.__setattr__(self, "erasing_area", tuple(float(x) for x in self.erasing_area))
-        problems = []
-        if self.where not in ("worker", "data"):
-            problems.append(f"where={self.where!r} (use 'worker' or 'data')")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
-            problems.append(f"scale={self.scale} (need 0 < min <= max)")
-        lo, hi = self.erasing_area if len(self.erasing_area) == 2 else (1.0, 0.0)
-        if not 0 <= lo <= hi <= 1:
-            problems.append(f"erasing_area={self.erasing_area} (need 0 <= min <= max <= 1)")
-        if not 0 <= self.erasing_p <= 1:
-            problems.append(f"erasing_p={self.erasing_p} (need 0..1)")
-        if self.max_rotate_deg < 0 or self.max_translate < 0 or self.crop_padding < 0:
-            problems.append("max_rotate_deg, max_translate and crop_padding must be >= 0")
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)} (need >= 0; 0 = off)")
-        if not 0 <= self.mix_prob <= 1:
-            problems.append(f"mix_prob={self.mix_prob} (need 0..1)")
-        if self.where == "data" and (self.mixup_alpha > 0 or self.cutmix_alpha > 0):
-            # Ray Data's augmentation sees no labels to mix along with the pixels.
-            problems.append("mixup_alpha/cutmix_alpha > 0 need where='worker' (mixing "
-                            "mixes labels too, which only the train worker can)")
-        if problems:
-            raise ValueError("invalid augment config: " + "; ".join(problems))
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> AugmentConfig:
-        """Build from a YAML mapping; unknown keys are an error naming them."""
-        raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)}")
-        return cls(**raw)
-
-    @property
-    def geometric(self) -> bool:
-        """Whether any rotation/translation/scale/crop is on (needs a grid_sample)."""
-        return (self.max_rotate_deg > 0 or self.max_translate > 0 or self.crop_padding > 0
-                or self.scale != (1.0, 1.0))
-
-    @property
-    def mixing(self) -> bool:
-        """Whether training batches are mixed (Mixup or CutMix, on the train worker)."""
-        return (self.enabled and self.where == "worker"
-                and (self.mixup_alpha > 0 or self.cutmix_alpha > 0))
-
-
-# ----------------------------------------------------------------------- augmentation
-
-
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device: torch.device
-             ) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
-
-
-def _affine(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    n, _, h, w = images.shape
-    dev = images.device
-    angle = torch.deg2rad(_uniform(n, -cfg.max_rotate_deg, cfg.max_rotate_deg, g, dev))
-    scale = _uniform(n, cfg.scale[0], cfg.scale[1], g, dev)
-    # Normalised coordinates span 2 per image side: a shift of f * size is 2f.
-    tx = _uniform(n, -cfg.max_translate, cfg.max_translate, g, dev) * 2
-    ty = _uniform(n, -cfg.max_translate, cfg.max_translate, g, dev) * 2
-    if cfg.crop_padding:
-        p = cfg.crop_padding
-        tx = tx + torch.randint(-p, p + 1, (n,), generator=g, device=dev) * (2.0 / w)
-        ty = ty + torch.randint(-p, p + 1, (n,), generator=g, device=dev) * (2.0 / h)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    # theta maps output to input coordinates: rotate by -angle, zoom by 1/scale, shift.
-    theta = torch.stack([torch.stack([cos, sin, tx], 1), torch.stack([-sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)
-
-
-def _erase(images: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> torch.Tensor:
-    n, c, h, w = images.shape
-    dev = images.device
-    apply = torch.rand(n, generator=g, device=dev) < cfg.erasing_p
-    area = _uniform(n, cfg.erasing_area[0], cfg.erasing_area[1], g, dev) * (h * w)
-    # Aspect ratio log-uniform in [0.3, 1/0.3] as in Zhong et al. (2020).
-    ratio = torch.exp(_uniform(n, math.log(0.3), math.log(1 / 0.3), g, dev))
-    eh = torch.sqrt(area * ratio).round().clamp(1, h)
-    ew = torch.sqrt(area / ratio).round().clamp(1, w)
-    y0 = (torch.rand(n, generator=g, device=dev) * (h - eh + 1)).floor()
-    x0 = (torch.rand(n, generator=g, device=dev) * (w - ew + 1)).floor()
-    ys = torch.arange(h, device=dev)
-    xs = torch.arange(w, device=dev)
-    in_y = (ys >= y0[:, None]) & (ys < (y0 + eh)[:, None])
-    in_x = (xs >= x0[:, None]) & (xs < (x0 + ew)[:, None])
-    mask = (in_y[:, :, None] & in_x[:, None, :] & apply[:, None, None])[:, None]
-    # Random values over the normalised pixel range, as the paper fills with random pixels.
-    noise = torch.rand(images.shape, generator=g, device=dev, dtype=images.dtype) * 2 - 1
-    return torch.where(mask, noise, images)
-
-
-def augment_batch(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
-                  ) -> torch.Tensor:
-    """Augment normalised float images (N, C, H, W) on their device; same shape out.
-
-    Per image: a horizontal flip (exact, by indexing), then one ``affine_grid`` /
-    ``grid_sample`` for rotation, translation, scale and padded random crop (areas
-    outside the source are 0, mid-gray after normalisation), then random erasing with
-    uniform noise in [-1, 1]. Every random draw comes from ``generator`` (which must live
-    on the images' device) in a fixed order, so a seed reproduces the batch exactly.
-    """
-    if not cfg.enabled:
-        return images
-    n = images.shape[0]
-    if cfg.hflip:
-        flip = torch.rand(n, generator=generator, device=images.device) < 0.5
-        images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    if cfg.geometric:
-        images = _affine(images, cfg, generator)
-    if cfg.erasing_p > 0:
-        images = _erase(images, cfg, generator)
-    return images
-
-
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, C) → float (N, C, H, W) in [-1, 1]: ``(x / 255 - 0.5) / 0.5``."""
-    return images.permute(0, 3, 1, 2).float().mul_(2 / 255).sub_(1)
-
-
-def _denormalise(images: torch.Tensor) -> torch.Tensor:
-    return images.add(1).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
 def _augment_on_cpu(batch: dict[str, np.ndarray], cfg: AugmentConfig) -> dict[str, np.ndarray]:
@@ -212,7 +62,7 @@ def _augment_on_cpu(batch: dict[str, np.ndarray], cfg: AugmentConfig) -> dict[st
     g = torch.Generator()
     g.seed()  # unseeded on purpose: Ray Data does not tell a UDF which epoch it serves
     images = normalise(torch.from_numpy(batch["image"]))
-    batch["image"] = _denormalise(augment_batch(images, cfg, g)).contiguous().numpy()
+    batch["image"] = denormalise(augment_batch(images, cfg, g)).contiguous().numpy()
     return batch
 
 
@@ -228,99 +78,6 @@ def apply_data_augmentation(ds: ray.data.Dataset, augment: AugmentConfig) -> ray
         return ds
     return ds.map_batches(_augment_on_cpu, fn_kwargs={"cfg": augment}, batch_format="numpy",
                           batch_size=None)
-
-
-# ------------------------------------------------------------------------------ mixing
-
-#: Odds of CutMix rather than Mixup for a mixed batch when both are on (timm's switch_prob).
-CUTMIX_SHARE = 0.5
-
-
-@dataclass(frozen=True)
-class Mix:
-    """How one batch is mixed: row i with row ``perm[i]``, which weighs ``1 - lam``.
-
-    Mixup blends whole images; CutMix (``box`` = rows y0:y1, columns x0:x1) pastes the
-    box of the partner image, and ``lam`` is then the share of pixels outside the box.
-    """
-
-    lam: float
-    perm: torch.Tensor
-    box: tuple[int, int, int, int] | None = None
-
-
-def class_distribution(labels: torch.Tensor, soft: torch.Tensor | None, num_classes: int
-                       ) -> torch.Tensor:
-    """(N, K) float target distributions: each row's ``soft`` label (vote shares)
-    normalised to sum to 1, or the one-hot of its label where ``soft`` is None or the
-    row's is unusable (non-finite or summing to 0)."""
-    hard = F.one_hot(labels, num_classes).float()
-    if soft is None:
-        return hard
-    soft = soft.float()
-    total = soft.sum(dim=1, keepdim=True)
-    valid = torch.isfinite(total) & (total > 0)
-    return torch.where(valid, torch.nan_to_num(soft) / total.clamp_min(1e-12), hard)
-
-
-def mix_rng(generator: torch.Generator) -> np.random.Generator:
-    """The host RNG of an epoch's mixing scalars, seeded by one draw from ``generator``.
-
-    torch's Beta sampler takes no generator; numpy's ``beta`` is exact and deterministic
-    for a seed. Drawing the scalars (mix or not, Mixup or CutMix, lam, the box) on the
-    host keeps batches free of host-device syncs: this seed is the epoch's only one.
-    """
-    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
-    return np.random.default_rng(int(seed))
-
-
-def _cutmix_box(lam: float, height: int, width: int, rng: np.random.Generator
-                ) -> tuple[int, int, int, int]:
-    """A box of (1 - lam) of the image, centred uniformly and clipped to the image (timm's
-    ``rand_bbox``), as (y0, y1, x0, x1)."""
-    side = math.sqrt(1 - lam)
-    cut_h, cut_w = int(height * side), int(width * side)
-    top = int(rng.integers(height)) - cut_h // 2
-    left = int(rng.integers(width)) - cut_w // 2
-    return (max(top, 0), min(top + cut_h, height), max(left, 0), min(left + cut_w, width))
-
-
-def draw_mix(n: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator,
-             rng: np.random.Generator) -> Mix | None:
-    """This batch's :class:`Mix`, or None when it stays unmixed (odds ``1 - mix_prob``).
-
-    One lam ~ Beta(alpha, alpha) per batch (timm's batch mode). Scalars come from ``rng``
-    (:func:`mix_rng`), the permutation from ``generator`` (on the images' device), both in
-    a fixed order, so a seed reproduces the batch.
-    """
-    if rng.random() >= cfg.mix_prob:
-        return None
-    cutmix = cfg.cutmix_alpha > 0 and (cfg.mixup_alpha == 0 or rng.random() < CUTMIX_SHARE)
-    alpha = cfg.cutmix_alpha if cutmix else cfg.mixup_alpha
-    lam = float(rng.beta(alpha, alpha))
-    perm = torch.randperm(n, generator=generator, device=generator.device)
-    if not cutmix:
-        return Mix(lam, perm)
-    box = _cutmix_box(lam, height, width, rng)
-    # The clipped box may be smaller than drawn: lam is the share the images really keep.
-    area = (box[1] - box[0]) * (box[3] - box[2])
-    return Mix(1 - area / (height * width), perm, box)
-
-
-def apply_mix(images: torch.Tensor, targets: torch.Tensor, mix: Mix | None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``images`` (N, C, H, W) and ``targets`` (N, K) mixed by ``mix`` (as they are for
-    None): targets become ``lam * t + (1 - lam) * t[perm]``."""
-    if mix is None:
-        return images, targets
-    other = images.index_select(0, mix.perm)
-    if mix.box is None:
-        images = images * mix.lam + other * (1 - mix.lam)
-    else:
-        y0, y1, x0, x1 = mix.box
-        images = images.clone()
-        images[..., y0:y1, x0:x1] = other[..., y0:y1, x0:x1]
-    return images, targets * mix.lam + targets.index_select(0, mix.perm) * (1 - mix.lam)
 
 
 # -------------------------------------------------------------------------- iteration
@@ -356,12 +113,6 @@ def _world_rank() -> int:
         return ray.train.get_context().get_world_rank()
     except RuntimeError:  # outside a Ray Train worker (tests, benchmarks): one process
         return 0
-
-
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """A 63-bit seed for (seed, epoch, rank): independent streams per worker and epoch."""
-    state = np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(2)
-    return int((int(state[0]) << 31) ^ int(state[1]))
 
 
 def _tensor_batches(shard: ray.data.DataIterator | ray.data.Dataset, *, batch_size: int,
@@ -502,18 +253,30 @@ class FullCoverageDataConfig(ray.train.DataConfig):
     drops rows (up to ``n - 1`` per epoch) to give every worker exactly as many rows.
     Here no row is dropped: each worker receives whole blocks, greedily to the worker
     with the fewest rows so far, so shares differ by at most about one block.
+
+    It keeps its own settings: the ones its base class holds are private to Ray.
     """
+
+    def __init__(self, *, datasets_to_split: list[str] | str,
+                 execution_options: ray.data.ExecutionOptions,
+                 enable_shard_locality: bool = True) -> None:
+        super().__init__(datasets_to_split=datasets_to_split,
+                         execution_options=execution_options,
+                         enable_shard_locality=enable_shard_locality)
+        self.split_names = datasets_to_split
+        self.options = execution_options
+        self.shard_locality = enable_shard_locality
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         output = [{} for _ in range(world_size)]
-        split_names = (set(datasets) if self._datasets_to_split == "all"
-                       else set(self._datasets_to_split))
-        hints = worker_node_ids if self._enable_shard_locality else None
+        split_names = set(datasets) if self.split_names == "all" else set(self.split_names)
+        hints = worker_node_ids if self.shard_locality else None
         for name, ds in datasets.items():
             if ds.name is None:
                 ds.set_name(name)
             ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            # A copy per dataset: the options must not alias another dataset's or ours.
+            ds.context.execution_options = copy.deepcopy(self.options)
             if name in split_names:
                 for i, it in enumerate(ds.streaming_split(world_size, equal=False,
                                                           locality_hints=hints)):

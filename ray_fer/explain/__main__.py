@@ -2,7 +2,7 @@
 
 Attribution maps of a checkpoint's model (classifiers, and the V/A models w.r.t. valence
 or arousal). Methods: ``occlusion`` (``--patch``, ``--stride``, ``--fill``), ``gradcam``
-(``--layer``, default per model family), ``guided_backprop``, ``guided_gradcam``.
+(``--layer``, default: the model's own), ``guided_backprop``, ``guided_gradcam``.
 
 ``--images`` (files or folders) are read as face crops (the whole image, padded to a
 square) or, with ``--detect``, cropped around the largest face that ``--detector`` finds,
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detector", choices=CHOICES, default=AUTO,
                    help="face detector for --detect: haar, mtcnn (pip install "
                         "'ray_fer[detect]'), auto = mtcnn if installed, else haar")
-    p.add_argument("--layer", help="Grad-CAM layer (module path); default per model family")
+    p.add_argument("--layer", help="Grad-CAM layer (module path); default: the model's own")
     p.add_argument("--patch", type=int, default=8, help="occlusion patch side in px")
     p.add_argument("--stride", type=int, default=4, help="occlusion stride in px")
     p.add_argument("--fill", type=float, default=0.0,
@@ -171,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         detector = resolve_detector(args.detector)
         trained = load_trained(args.checkpoint, endpoint=args.endpoint, device=args.device)
         meta = trained.meta
-        subject = Subject(model=trained.model, family=meta.family, task=meta.task,
-                          outputs=meta.outputs)
+        subject = Subject(model=trained.model, task=meta.task, outputs=meta.outputs,
+                          layer=trained.explain_layer)
         out.mkdir(parents=True, exist_ok=True)
         if args.images:
             explain_images(trained, subject, args.images, out, methods=methods,
                            target=args.target, detect=args.detect, options=options,
                            detector=detector)
         if args.split:
-            from ray_fer.train.loop import resolve_data_uri
+            from ray_fer.train.plan import resolve_data_uri
 
             data = args.data or resolve_data_uri(trained.cfg)
             explain_split(trained, subject, data, args.split, out, methods=methods,

@@ -1,46 +1,35 @@
-"""Grad-CAM (Selvaraju et al. 2017) on a chosen layer of any registered model.
+"""Grad-CAM (Selvaraju et al. 2017) on a chosen layer of any network.
 
 The layer's activations A (N, K, h, w) are weighted per channel by the spatial mean of
 d score / dA, summed over channels, passed through ReLU, upsampled bilinearly to the
 input size and divided by their per-image maximum: maps in [0, 1], all zero where no
 position raises the score. Layers are named by their dotted module path
-(``model.get_submodule``); :func:`default_layer` picks the last convolutional stage of
-each model family. For Deep-Emotion the map is in the coordinates of the spatial
-transformer's output, which is the identity at initialisation and stays close to it.
+(``model.get_submodule``); each registered model declares its own
+(:attr:`ray_fer.methods.registry.Model.explain_layer`), usually its last convolutional
+stage, and :func:`last_relu` names the end of a plain feature stack. For Deep-Emotion the
+map is in the coordinates of the spatial transformer's output, which is the identity at
+initialisation and stays close to it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Family → the module whose output Grad-CAM reads; ``None``: the last ReLU of ``root``.
-_FAMILY_LAYERS = {
-    "resnet": "layer4",
-    "dense_head": "features",
-}
-_FAMILY_ROOTS = {"deep_emotion": "features", "vgg": "features", "caf": "encoder"}
 
+def last_relu(root: str) -> Callable[[nn.Module], str]:
+    """The layer choice of a network whose ``root`` stack ends in ReLUs and pooling: its
+    last ReLU, before the final pooling, so the map keeps twice the final resolution."""
 
-def default_layer(model: nn.Module, family: str) -> str:
-    """The Grad-CAM layer for ``model`` of registry family ``family``.
+    def layer(model: nn.Module) -> str:
+        relus = [name for name, m in model.get_submodule(root).named_children()
+                 if isinstance(m, nn.ReLU)]
+        return f"{root}.{relus[-1]}"
 
-    ResNets: ``layer4``; MobileNet/EfficientNet: the end of ``features``; Deep-Emotion,
-    VGG and CAF's small CNN: the last ReLU of the feature stack (before the final
-    pooling, so the map keeps twice the resolution); CAF's ResNet-18: ``encoder.layer4``.
-    """
-    if family in _FAMILY_LAYERS:
-        return _FAMILY_LAYERS[family]
-    if family == "caf" and hasattr(model.get_submodule("encoder"), "layer4"):
-        return "encoder.layer4"
-    if family not in _FAMILY_ROOTS:
-        raise ValueError(f"no default Grad-CAM layer for model family {family!r}; "
-                         "name one with --layer (a module path such as features.3)")
-    root = _FAMILY_ROOTS[family]
-    relus = [name for name, m in model.get_submodule(root).named_children()
-             if isinstance(m, nn.ReLU)]
-    return f"{root}.{relus[-1]}"
+    return layer
 
 
 def find_layer(model: nn.Module, layer: str) -> nn.Module:

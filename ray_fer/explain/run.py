@@ -16,12 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ray_fer.data.stream import normalise
-from ray_fer.explain.gradcam import default_layer, grad_cam
+from ray_fer.data.augment import normalise
+from ray_fer.explain.gradcam import grad_cam
 from ray_fer.explain.guided import guided_backprop, guided_grad_cam
 from ray_fer.explain.occlusion import occlusion_map
 from ray_fer.models.layers.inputs import fit_images
-from ray_fer.models.registry import model_defaults
 
 METHODS = ("occlusion", "gradcam", "guided_backprop", "guided_gradcam")
 #: Target spec meaning "the class the model predicts" (classifiers only).
@@ -31,7 +30,7 @@ ALL = "all"
 
 @dataclass(frozen=True)
 class ExplainOptions:
-    """Method settings: the Grad-CAM layer (None: the family's default), the occlusion
+    """Method settings: the Grad-CAM layer (None: the model's own), the occlusion
     patch, stride and fill value, how many images run at once and how many occluded
     copies of one image."""
 
@@ -45,19 +44,13 @@ class ExplainOptions:
 
 @dataclass(frozen=True)
 class Subject:
-    """A model to explain: the network (eval mode) and what its outputs mean."""
+    """A model to explain: the network (eval mode), its task (``classify`` or ``va``),
+    what its outputs mean, and the layer Grad-CAM reads (None: one must be named)."""
 
     model: nn.Module
-    family: str
     task: str
     outputs: list[str]
-
-    @classmethod
-    def of(cls, model: nn.Module, model_name: str, class_names: Sequence[str]) -> Subject:
-        """``model`` built from registry entry ``model_name`` for ``class_names``."""
-        defaults = model_defaults(model_name)
-        outputs = ["valence", "arousal"] if defaults.task == "va" else list(class_names)
-        return cls(model=model, family=defaults.family, task=defaults.task, outputs=outputs)
+    layer: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -105,7 +98,10 @@ def attribute(subject: Subject, images: torch.Tensor, outputs: torch.Tensor, met
                              fill=options.fill, batch_size=options.occlusion_batch)
     if method == "guided_backprop":
         return guided_backprop(model, images, outputs)
-    layer = options.layer or default_layer(model, subject.family)
+    layer = options.layer or subject.layer
+    if layer is None:
+        raise ValueError("this model declares no Grad-CAM layer; name one with --layer (a "
+                         "module path such as features.3)")
     if method == "gradcam":
         return grad_cam(model, images, outputs, layer)
     if method == "guided_gradcam":
@@ -228,8 +224,8 @@ def class_average(subject: Subject, faces: np.ndarray, labels: np.ndarray,
                         rows=names, class_names=list(class_names))
 
 
-def explain_to_tensorboard(writer, model: nn.Module, images: torch.Tensor, step: int, *,
-                           model_name: str, class_names: Sequence[str],
+def explain_to_tensorboard(writer, subject: Subject, images: torch.Tensor, step: int, *,
+                           class_names: Sequence[str],
                            methods: Sequence[str] = ("gradcam", "guided_gradcam"),
                            tag: str = "explain", options: ExplainOptions | None = None,
                            labels: Sequence[int] | None = None) -> Explained:
@@ -243,8 +239,7 @@ def explain_to_tensorboard(writer, model: nn.Module, images: torch.Tensor, step:
     """
     from ray_fer.reports.saliency import saliency_grid
 
-    model.eval()
-    subject = Subject.of(model, model_name, class_names)
+    subject.model.eval()
     methods = parse_methods(methods)
     targets = parse_targets(None if subject.task == "va" else PREDICTED, subject, methods)
     explained = explain_batch(subject, images, methods, targets, options)

@@ -1,21 +1,5 @@
-"""Models by name: see :mod:`ray_fer.models.registry` (the model contract)."""
+"""Building blocks that several methods' networks share (:mod:`ray_fer.models.layers`).
 
-from ray_fer.models.registry import (
-    MODELS,
-    ModelDefaults,
-    ModelSpec,
-    build_model,
-    model_defaults,
-    model_names,
-    model_options,
-)
-
-__all__ = [
-    "MODELS",
-    "ModelDefaults",
-    "ModelSpec",
-    "build_model",
-    "model_defaults",
-    "model_names",
-    "model_options",
-]
+The networks themselves live with their methods (:mod:`ray_fer.methods`), registered by
+name in :mod:`ray_fer.methods.registry`.
+"""

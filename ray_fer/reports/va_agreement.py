@@ -12,7 +12,7 @@ from ray_fer.reports.figures import png_bytes, pyplot
 def plot_va_agreement(histogram: np.ndarray, names: Sequence[str] = ("valence", "arousal"),
                       title: str = "") -> bytes:
     """PNG bytes from (D, bins, bins) counts over [-1, 1]² (rows = target bin, columns =
-    predicted bin, as :func:`ray_fer.train.metrics.va_histogram` sums them); a perfect
+    predicted bin, as :func:`ray_fer.methods.metrics.va_histogram` sums them); a perfect
     regressor puts all mass on the diagonal, drawn dashed."""
     plt = pyplot()
     hist = np.asarray(histogram, dtype=np.float64)

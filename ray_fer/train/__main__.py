@@ -100,9 +100,9 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> Config:
     """The validated config the arguments describe (a resumed run starts from its own)."""
-    from ray_fer.train.steps import method_for
+    from ray_fer.methods.registry import get_method
 
-    family = method_for(args.method).family
+    method = get_method(args.method)
     flags = {key: getattr(args, name) for name, key in FLAGS.items()}
     if args.fold == "all":
         flags["data.fold"] = None
@@ -113,7 +113,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         if not args.name:
             raise ConfigError("--resume needs --name (the run to continue)")
         files.insert(0, stored_config(args))
-    return build_config(args.method, family, files=files, sets=args.set, flags=flags)
+    return build_config(args.method, method.defaults, files=files, sets=args.set, flags=flags)
 
 
 def stored_config(args: argparse.Namespace) -> dict:
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_args(args)
     except UserError as exc:
         return print_error(exc)
-    from ray_fer.train.loop import cross_validate, train
+    from ray_fer.train.driver import cross_validate, train
 
     try:
         if args.fold == "all":

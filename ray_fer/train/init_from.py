@@ -20,15 +20,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ray_fer.config import Config, ConfigError
-from ray_fer.data.targets import emotion_name
-from ray_fer.train.checkpoint import (
+from ray_fer.checkpoint import (
     CheckpointError,
     Loaded,
     peek_checkpoint,
     read_checkpoint,
 )
-from ray_fer.train.steps import DataInfo, Method
+from ray_fer.config import Config, ConfigError
+from ray_fer.data.info import DataInfo
+from ray_fer.data.targets import emotion_name
+from ray_fer.methods.registry import Method
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def load_matching(module: nn.Module, saved: dict[str, torch.Tensor], *, new_clas
 def check_init(method: Method, cfg: Config, info: DataInfo) -> None:
     """What :func:`init_modules` would refuse, refused without its cost: ``method``'s
     modules are built on the meta device and the checkpoint is peeked
-    (:func:`~ray_fer.train.checkpoint.peek_checkpoint`), so no weight is allocated, read
+    (:func:`~ray_fer.checkpoint.peek_checkpoint`), so no weight is allocated, read
     or copied. Raises ConfigError naming the checkpoint when it does not fit."""
     with torch.device("meta"):
         modules = method.build_modules(cfg, info)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from ray_fer.checkpoint import copy_folder
 from ray_fer.storage import Location
-from ray_fer.train.checkpoint import copy_folder
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"
 #: The status of a trial that Ctrl-C stopped before it finished (``--resume`` finishes it).
@@ -109,7 +109,8 @@ def trial_rows(grid, *, metric: str, mode: str, epochs: Callable[[dict], int],
             trial_id=str(last.get("trial_id") or result.path.rsplit("/", 1)[-1]),
             params=params_of(result.config), config=dict(result.config),
             metric=math.nan if best is None else float(values[best]),
-            best_epoch=-1 if best is None else int(records[best].get("epoch", best)) + 1,
+            # Numbered from 0, as the checkpoints and history.json number epochs.
+            best_epoch=-1 if best is None else int(records[best].get("epoch", best)),
             epochs=ran, status=status,
             checkpoint=None if best is None else _uri(storage, _checkpoint_of(
                 result, records[best])),

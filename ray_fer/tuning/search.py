@@ -76,9 +76,9 @@ def make_search(bases: dict[str, Config], space: SearchSpace,
                 pinned: dict | None = None) -> Search:
     """A :class:`Search` of ``space`` with the keys of ``pinned`` fixed; the methods must
     share one validation metric and mode."""
-    from ray_fer.train.steps import method_for
+    from ray_fer.methods.registry import get_method
 
-    goals = {(method_for(m).metric, method_for(m).mode) for m in space.methods}
+    goals = {(get_method(m).metric, get_method(m).mode) for m in space.methods}
     if len(goals) != 1:
         raise ConfigError(f"{space.source}: methods {', '.join(space.methods)} optimise "
                           f"different metrics ({sorted(goals)}); search them separately")

@@ -16,9 +16,7 @@ a fraction of a CPU, the Train workers reserve their own resources.
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -53,7 +51,7 @@ def in_trial(cfg: Config) -> bool:
 def trial_resources(cfg: Config) -> dict[str, float]:
     """What each trial's process reserves: the worker's resources when it trains itself,
     else a fraction of a CPU to drive Ray Train."""
-    from ray_fer.train.loop import worker_resources
+    from ray_fer.train.driver import worker_resources
 
     return worker_resources(cfg) if in_trial(cfg) else {"CPU": TRIAL_DRIVER_CPU}
 
@@ -114,36 +112,16 @@ def rows_key(cfg: Config, plan, method, device) -> tuple:
 
 
 def trial_session(cfg: Config, plan, method):
-    """The :class:`~ray_fer.train.loop.Session` of a trial that trains in its own process:
-    its device, the run's datasets (or the rows an earlier trial left on the device),
-    Tune's checkpoint to resume from, reports to Tune."""
-    from ray import tune
+    """The :class:`~ray_fer.train.runtime.Runtime` of a trial that trains in its own
+    process (:func:`~ray_fer.train.runtime.trial_runtime`), with the rows an earlier trial
+    left on its device when they are the same rows, and keeping its own for the next."""
+    from ray_fer.train.runtime import trial_runtime
 
-    from ray_fer.data.stream import read_in_order
-    from ray_fer.train.checkpoint import META_FILE
-    from ray_fer.train.loop import Session, open_datasets
-
-    checkpoint = tune.get_checkpoint()
-    ordered = plan.start_epoch
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            ordered = json.loads((Path(folder) / META_FILE).read_text())["epoch"] + 1
     device = trial_device(cfg)
     key = rows_key(cfg, plan, method, device)
-    sources = KEPT_ROWS.get(key) if key else {}
-    if not sources:
-        sources = {name: read_in_order(ds)
-                   for name, ds in open_datasets(cfg, plan, method).items()}
-        # The stream draws each epoch's block order from (seed, Ray Data's execution index).
-        sources["train"].context._execution_idx = ordered
-
-    def report(metrics: dict, folder: str | None, name: str) -> None:
-        tune.report(metrics, checkpoint=None if folder is None
-                    else tune.Checkpoint.from_directory(folder))
-
-    return Session(rank=0, world=1, device=device, checkpoint=checkpoint, sources=sources,
-                   ordered_epoch=ordered, report=report,
-                   keep_sources=(lambda rows: KEPT_ROWS.keep(key, rows)) if key else None)
+    kept = KEPT_ROWS.get(key) if key else {}
+    return trial_runtime(cfg, plan, method, device, kept=kept,
+                         keep=(lambda rows: KEPT_ROWS.keep(key, rows)) if key else None)
 
 
 def run_trial(params: dict[str, Any], *, search: Search, storage: str) -> None:
@@ -151,13 +129,9 @@ def run_trial(params: dict[str, Any], *, search: Search, storage: str) -> None:
     every epoch to Tune."""
     from ray import tune
 
-    from ray_fer.train.loop import (
-        build_trainer,
-        plan_run,
-        run_location,
-        run_worker,
-        write_run_config,
-    )
+    from ray_fer.train.driver import build_trainer
+    from ray_fer.train.plan import plan_run, run_location, write_run_config
+    from ray_fer.train.worker import run_worker
 
     cfg = search.trial_config(params, storage=storage, name=tune.get_context().get_trial_id())
     run = run_location(cfg)

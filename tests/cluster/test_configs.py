@@ -7,6 +7,7 @@ No cloud call: ``prepare_config`` only merges the AWS defaults file shipped with
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -173,6 +174,11 @@ def test_kuberay_job_runs_the_search_on_the_cluster(kuberay):
     assert "--storage s3://" in job["entrypoint"]
 
 
+def _offline() -> dict[str, str]:
+    """This environment, with pip kept off the network (no index is reachable here)."""
+    return dict(os.environ) | {"PIP_NO_INDEX": "1"}
+
+
 def _build_command() -> list[str]:
     """The wheel build command of cluster/README.md (the line after <!-- build:wheel -->)."""
     lines = (CLUSTER / "README.md").read_text().splitlines()
@@ -190,14 +196,19 @@ def built(tmp_path_factory) -> Path:
                             capture_output=True, text=True, check=True).stdout.splitlines()
     copy = tmp_path_factory.mktemp("checkout")
     for name in listed:
-        if (repo / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(repo / name, copy / name)
+        source, target = repo / name, copy / name
+        if source.is_symlink():  # ray_fer/search_spaces -> ../search_spaces
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(source.readlink())
+        elif source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
     command = _build_command()
     assert command[:3] == ["python", "-m", "pip"]
     # Offline here: the venv's setuptools builds it instead of one pip would download.
     done = subprocess.run([sys.executable, *command[1:], "--no-build-isolation"], cwd=copy,
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env=_offline())
     assert done.returncode == 0, done.stderr[-2000:]
     return copy
 
@@ -211,20 +222,44 @@ def test_the_wheel_aws_yaml_installs_exists_after_the_build_step(aws, built):
         names = set(archive.namelist())
     modules = {p.relative_to(built).as_posix() for p in (built / "ray_fer").rglob("*.py")}
     assert modules <= names, sorted(modules - names)[:5]  # the whole package, as checked out
-    assert "ray_fer/configs/classify.yaml" in names
+    spaces = {f"ray_fer/search_spaces/{p.name}" for p in (built / "search_spaces").glob("*.yaml")}
+    assert spaces and spaces <= names, sorted(spaces - names)  # and every search space
+
+
+@pytest.mark.slow
+def test_an_installed_wheel_finds_its_search_spaces_from_any_folder(aws, built, tmp_path):
+    """Not editable, run outside the checkout: ``python -m ray_fer.tune caf`` must find
+    ``caf.yaml`` in what pip installed."""
+    _, local = _wheel_mount(prepare_config(aws))
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index",
+                           "--target", str(site), str(built / local)],
+                          capture_output=True, text=True, timeout=300, env=_offline())
+    assert done.returncode == 0, done.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    found = subprocess.run(
+        [sys.executable, "-c", "import ray_fer, ray_fer.tune as t; "
+                               "print(ray_fer.__file__); print(t.default_space_path('caf'))"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300,
+        env=_offline() | {"PYTHONPATH": str(site)})
+    assert found.returncode == 0, found.stderr[-2000:]
+    package, space = map(Path, found.stdout.split())
+    assert package.is_relative_to(site) and space == site / "ray_fer/search_spaces/caf.yaml"
+    assert space.read_text() == (CLUSTER.parent / "search_spaces" / "caf.yaml").read_text()
 
 
 @pytest.mark.slow
 def test_what_the_kuberay_image_copies_exists_after_the_build_step(kuberay, built):
     _, copies = _dockerfile()
-    for source, _ in copies:
-        assert (built / source).exists(), source
-    # The job names its search space where the image put the checkout's search spaces.
+    assert [source for source, _ in copies] == ["dist/ray_fer-0.1.0-py3-none-any.whl"]
+    wheel = built / copies[0][0]
+    assert wheel.is_file()
+    # The job names its method; the wheel the image installs ships its search space.
     entrypoint = shlex.split(_kind(kuberay, "RayJob")["spec"]["entrypoint"])
-    space = Path(entrypoint[entrypoint.index("--space") + 1])
-    (folder,) = [source for source, destination in copies if destination == str(space.parent)]
-    assert (built / folder / space.name).is_file()
-    assert space.name == f"{entrypoint[3]}.yaml"  # the method's own space
+    assert "--space" not in entrypoint
+    with zipfile.ZipFile(wheel) as archive:
+        assert f"ray_fer/search_spaces/{entrypoint[3]}.yaml" in archive.namelist()
 
 
 def test_cluster_readme_keeps_submitting_the_checkout_as_working_dir():

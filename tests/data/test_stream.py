@@ -15,22 +15,24 @@ import pytest
 import ray
 import torch
 
+from ray_fer.config import AugmentConfig
+from ray_fer.data.augment import (
+    apply_mix,
+    augment_batch,
+    draw_mix,
+    epoch_seed,
+    mix_rng,
+    normalise,
+)
 from ray_fer.data.device_cache import DeviceCache
 from ray_fer.data.shards import FaceRow, ShardError, ShardWriter
 from ray_fer.data.stream import (
     ROW_ID_STRIDE,
-    AugmentConfig,
     apply_data_augmentation,
-    apply_mix,
-    augment_batch,
     data_config,
-    draw_mix,
-    epoch_seed,
     fetching_first,
     iter_eval_batches,
     iter_train_batches,
-    mix_rng,
-    normalise,
     open_split,
 )
 from ray_fer.storage import resolve

@@ -33,12 +33,14 @@ def va_model(tmp_path_factory) -> Trained:
 
 @pytest.fixture(scope="session")
 def de_subject(classifier) -> Subject:
-    return Subject.of(classifier.model, classifier.meta.model, classifier.meta.class_names)
+    return Subject(classifier.model, classifier.meta.task, classifier.meta.outputs,
+                   classifier.explain_layer)
 
 
 @pytest.fixture(scope="session")
 def va_subject(va_model) -> Subject:
-    return Subject.of(va_model.model, va_model.meta.model, va_model.meta.class_names)
+    return Subject(va_model.model, va_model.meta.task, va_model.meta.outputs,
+                   va_model.explain_layer)
 
 
 @pytest.fixture(scope="session")

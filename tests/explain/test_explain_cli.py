@@ -125,13 +125,12 @@ def test_bad_method_and_missing_inputs_are_clear_errors(checkpoint, tmp_path, ca
     assert "no images found" in capsys.readouterr().err
 
 
-def test_explain_to_tensorboard_writes_an_image(classifier, images, tmp_path):
+def test_explain_to_tensorboard_writes_an_image(de_subject, classifier, images, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path))
-    explained = explain_to_tensorboard(writer, classifier.model, images[:2], 5,
-                                       model_name="deep_emotion",
+    explained = explain_to_tensorboard(writer, de_subject, images[:2], 5,
                                        class_names=classifier.meta.class_names)
     writer.close()
     assert explained.maps.shape == (2, 2, 1, 48, 48)
@@ -141,14 +140,14 @@ def test_explain_to_tensorboard_writes_an_image(classifier, images, tmp_path):
     assert image.step == 5 and image.width == 112 * 5 + 46
 
 
-def test_tensorboard_grid_shows_true_labels_where_given(classifier, images, tmp_path):
+def test_tensorboard_grid_shows_true_labels_where_given(de_subject, classifier, images,
+                                                        tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(str(tmp_path))
     for tag, labels in (("plain", None), ("labelled", [3, 4])):
-        explain_to_tensorboard(writer, classifier.model, images[:2], 1, tag=tag,
-                               model_name="deep_emotion",
+        explain_to_tensorboard(writer, de_subject, images[:2], 1, tag=tag,
                                class_names=classifier.meta.class_names, labels=labels)
     writer.close()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0})

@@ -16,9 +16,9 @@ import torch
 from support.trained import train_checkpoint
 
 from ray_fer import evaluate, export, predict
+from ray_fer.checkpoint import STATE_FILE, copy_folder
 from ray_fer.storage import resolve
 from ray_fer.train import __main__ as train_cli
-from ray_fer.train.checkpoint import STATE_FILE, copy_folder
 
 
 @pytest.fixture(autouse=True)

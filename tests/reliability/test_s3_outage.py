@@ -93,16 +93,18 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
     import ray
     from support.tiny_shards import write_tiny_shards
 
-    from ray_fer.config import build_config
-    from ray_fer.train import loop
-    from ray_fer.train.checkpoint import load_checkpoint, local_checkpoint
+    from ray_fer.checkpoint import checkpoint_name, load_checkpoint, local_checkpoint
+    from ray_fer.methods.registry import method_config
+    from ray_fer.train.driver import train
+    from ray_fer.train.plan import run_location
+    from ray_fer.train.runtime import resumed_epoch
 
     bucket = own_s3.new_bucket("train")
-    cfg = build_config("deep_emotion", "classify", flags={
+    cfg = method_config("deep_emotion", flags={
         "data.uri": write_tiny_shards(tmp_path / "shards", train=128), "run.name": "crash",
         "run.storage": f"{bucket}/runs", "train.epochs": EPOCHS, "train.batch_size": 32,
         "train.eval_batch_size": 64, "data.shuffle_buffer": 0})
-    second = f"runs/crash/{loop.CHECKPOINT_PREFIX}0001/meta.json"
+    second = f"runs/crash/{checkpoint_name(1)}/meta.json"
     crashed_at: list[float] = []
 
     def crash_after_the_second_checkpoint() -> None:
@@ -120,7 +122,7 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
     try:
         watcher.start()
         with pytest.raises(Exception) as failure:  # noqa: B017 - Ray wraps the storage error
-            loop.train(cfg)
+            train(cfg)
         failed_after = time.monotonic() - crashed_at[0]
     finally:
         ray.shutdown()
@@ -131,18 +133,18 @@ def test_training_interrupted_by_an_s3_crash_fails_clearly_and_keeps_its_last_ch
     assert failed_after < 120
 
     revive(own_s3)
-    run = loop.run_location(cfg)
+    run = run_location(cfg)
     # The checkpoint Ray Train registered last (what a resume starts from) must be complete.
     # Usually epoch 0's: epoch 1's was being uploaded when the server died. But when the
     # crash comes just after epoch 1's upload was registered, that one is the last, and
     # epoch 0's may already be deleted (one checkpoint is kept), so read Ray's own record.
-    last = loop.resumed_epoch(run, planned=0) - 1
+    last = resumed_epoch(run, planned=0) - 1
     assert last in (0, 1), f"Ray Train registered no checkpoint before the crash ({last})"
-    with local_checkpoint(run.child_uri(f"{loop.CHECKPOINT_PREFIX}{last:04d}")) as folder:
+    with local_checkpoint(run.child_uri(checkpoint_name(last))) as folder:
         loaded = load_checkpoint(folder)
     assert loaded.meta["epoch"] == last
     assert [m["epoch"] for m in loaded.progress.history] == list(range(last + 1))
-    from ray_fer.train.steps import CLASSIFY
+    from ray_fer.methods.registry import get_method
 
-    modules = CLASSIFY.build_modules(loaded.cfg, loaded.info)
+    modules = get_method(loaded.cfg.method).build_modules(loaded.cfg, loaded.info)
     loaded.restore(modules)

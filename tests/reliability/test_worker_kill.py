@@ -18,10 +18,11 @@ import pytest
 import yaml
 from support.tiny_shards import write_tiny_shards
 
-from ray_fer.config import build_config
-from ray_fer.train import loop
-from ray_fer.train.checkpoint import load_checkpoint
-from ray_fer.train.steps import CLASSIFY
+from ray_fer.checkpoint import load_checkpoint
+from ray_fer.methods import classify
+from ray_fer.methods.registry import get_method, method_config
+from ray_fer.train import driver, worker
+from ray_fer.train import plan as planning
 from ray_fer.tune import build_tuner
 from ray_fer.tuning.search import make_search
 from ray_fer.tuning.space import load_search_space
@@ -42,7 +43,7 @@ TRAINED = "trained-epoch"
 
 
 def _config(shards: str, storage: Path, name: str):
-    return build_config("deep_emotion", "classify", flags={
+    return method_config("deep_emotion", flags={
         "data.uri": shards, "run.storage": str(storage), "run.name": name,
         "train.epochs": EPOCHS, "train.batch_size": 32, "train.eval_batch_size": 64,
         "optim.schedule": "step", "optim.step_epochs": 2, "optim.lr": 3e-3,
@@ -69,12 +70,12 @@ def _dying_train(state, batch):
         if _steps_in_kill_epoch[0] > KILL_AFTER_STEPS:
             mark.write_text(str(os.getpid()))
             os.kill(os.getpid(), signal.SIGKILL)
-    return CLASSIFY.train_batch(state, batch)
+    return classify.train_batch(state, batch)
 
 
 def _dying_worker(loop_config: dict) -> None:
-    loop.run_worker(loop.Plan(**loop_config), dataclasses.replace(CLASSIFY,
-                                                                  train_batch=_dying_train))
+    worker.run_worker(planning.Plan(**loop_config),
+                    dataclasses.replace(get_method("deep_emotion"), train_batch=_dying_train))
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +89,14 @@ def runs(tmp_path_factory):
     try:
         shards = write_tiny_shards(tmp / "shards", train=128)
         started = time.perf_counter()
-        clean = loop.train(_config(shards, tmp / "clean", "run"))
+        clean = driver.train(_config(shards, tmp / "clean", "run"))
         print(f"uninterrupted run: {time.perf_counter() - started:.1f} s")
         started = time.perf_counter()
         storage = tmp / "killed"
         cfg = _config(shards, storage, "run")
-        method, plan = loop.plan_run(cfg)
-        result = loop.build_trainer(cfg, method, plan, worker_fn=_dying_worker).fit()
-        outcome = loop.finish_run(cfg, result)
+        method, plan = planning.plan_run(cfg)
+        result = driver.build_trainer(cfg, method, plan, worker_fn=_dying_worker).fit()
+        outcome = driver.finish_run(cfg, result)
         print(f"killed and restarted run: {time.perf_counter() - started:.1f} s")
     finally:
         ray.shutdown()
@@ -145,7 +146,8 @@ TRIAL_SPACE = {"method": "deep_emotion", "search": {"optim.lr": {"choice": [3e-3
 def _dying_trial(params: dict, *, search, storage: str) -> None:
     """``run_trial`` with the training step of :func:`_dying_train`: the trial's own
     process (it trains there, no Ray Train worker) SIGKILLs itself in epoch 2."""
-    loop.method_for = lambda name: dataclasses.replace(CLASSIFY, train_batch=_dying_train)
+    planning.get_method = lambda name: dataclasses.replace(get_method(name),
+                                                         train_batch=_dying_train)
     run_trial(params, search=search, storage=storage)
 
 

@@ -1,7 +1,7 @@
 """A short-trained model saved as a real checkpoint, without Ray (seconds on one CPU core).
 
 The model is trained in-process on a few of the embedded synthetic faces and written with
-:func:`ray_fer.train.checkpoint.save_checkpoint`, the function the training loop uses, so
+:func:`ray_fer.checkpoint.save_checkpoint`, the function the training loop uses, so
 every tool that reads checkpoints (explain, predict, export) reads it as it would a run's.
 """
 
@@ -14,11 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ray_fer.config import build_config
+from ray_fer.checkpoint import Progress, save_checkpoint
+from ray_fer.data.info import DataInfo
 from ray_fer.data.synthetic import SyntheticFaces
-from ray_fer.models.registry import build_model, model_defaults
-from ray_fer.train.checkpoint import Progress, save_checkpoint
-from ray_fer.train.steps import DataInfo
+from ray_fer.methods.registry import build_model, get_model, method_config
 
 
 def synthetic_faces(subjects: int = 3, per_subject: int = 14, size: int = 48,
@@ -43,15 +42,14 @@ def train_checkpoint(folder: Path, model_name: str = "deep_emotion", *, steps: i
     valence and arousal (MSE), which is enough for tools that only run the network.
     """
     torch.manual_seed(seed)
-    defaults = model_defaults(model_name)
+    defaults = get_model(model_name)
     faces, labels, va, classes = synthetic_faces(size=defaults.image_size,
-                                                 channels=defaults.in_channels)
+                                                 channels=defaults.channels)
     info = DataInfo(class_names=classes, image_size=defaults.image_size,
-                    channels=defaults.in_channels)
-    family = "caf" if defaults.task == "va" else "classify"
+                    channels=defaults.channels)
     flags = {"run.name": "short", "data.uri": str(folder),
              **{f"model.options.{k}": v for k, v in model_options.items()}}
-    cfg = build_config(model_name, family, flags=flags)
+    cfg = method_config(model_name, flags=flags)
     model = build_model(model_name, num_classes=info.num_classes, in_channels=info.channels,
                         image_size=info.image_size, **cfg.model.options)
     x = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -1,4 +1,4 @@
-"""Compiled training steps (:func:`loop.wrap_module`, :func:`loop.train_step`): compiled on
+"""Compiled training steps (:func:`epoch.wrap_module`, :func:`epoch.train_step`): compiled on
 GPU only, CUDA graphs only where they can run, and replayed as CUDA graphs they train
 exactly as the compiled step does."""
 
@@ -9,17 +9,17 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from ray_fer.config import build_config
-from ray_fer.train import loop
-from ray_fer.train.steps import DataInfo, method_for
+from ray_fer.data.info import DataInfo
+from ray_fer.methods.registry import get_method, method_config
+from ray_fer.train import epoch
 
 
 def test_a_compiled_config_leaves_the_module_eager_on_cpu():
     """The packaged efficient backbones compile on GPU; a CPU run must not pay for it."""
-    cfg = build_config("mobilenet_v2_dense", "classify")
+    cfg = method_config("mobilenet_v2_dense")
     assert cfg.train.compile and cfg.train.cuda_graphs
     module = nn.Linear(2, 2)
-    assert loop.wrap_module(module, cfg, torch.device("cpu"), 1) is module
+    assert epoch.wrap_module(module, cfg, torch.device("cpu"), 1) is module
 
 
 @pytest.mark.parametrize(("sets", "device", "on"), [
@@ -32,26 +32,26 @@ def test_a_compiled_config_leaves_the_module_eager_on_cpu():
 def test_cuda_graphs_apply_to_compiled_one_worker_gpu_runs_only(sets, device, on):
     """So the packaged recipe (compile + CUDA graphs) runs as it is with DDP, on CPU or
     with compile turned off."""
-    cfg = build_config("efficientnet_b0_dense", "classify", sets=sets)
-    assert loop.cuda_graphs_on(cfg, torch.device(device)) is on
+    cfg = method_config("efficientnet_b0_dense", sets=sets)
+    assert epoch.cuda_graphs_on(cfg, torch.device(device)) is on
 
 
 def _losses(cuda_graphs: bool, batches: list[dict]) -> list[float]:
     # No dropout (its masks would differ between the two), a constant learning rate high
     # enough that each step changes the loss visibly.
-    cfg = build_config("mobilenet_v2_dense", "classify", flags={
+    cfg = method_config("mobilenet_v2_dense", flags={
         "train.cuda_graphs": cuda_graphs, "train.batch_size": len(batches[0]["label"]),
         "model.options.dropout": 0.0, "optim.schedule": "step", "optim.step_epochs": 100,
         "optim.lr": 3e-3})
-    method = method_for(cfg.method)
+    method = get_method(cfg.method)
     info = DataInfo(class_names=[str(i) for i in range(7)], image_size=48, channels=1)
     device = torch.device("cuda")
-    state = loop.build_state(method, cfg, info, device, steps_per_epoch=len(batches))
-    state.train_modules = {k: loop.wrap_module(m, cfg, device, 1)
+    state = epoch.build_state(method, cfg, info, device, steps_per_epoch=len(batches))
+    state.train_modules = {k: epoch.wrap_module(m, cfg, device, 1)
                            for k, m in state.modules.items()}
     for module in state.modules.values():
         module.train()
-    return [float(loop.train_step(method, state, b)["loss_sum"]) for b in batches]
+    return [float(epoch.train_step(method, state, b)["loss_sum"]) for b in batches]
 
 
 @pytest.mark.gpu

@@ -10,14 +10,15 @@ import torch
 from support.tiny_shards import write_tiny_shards
 from support.trained import train_checkpoint
 
-from ray_fer.config import ConfigError, build_config
+from ray_fer.checkpoint import copy_folder, load_checkpoint, peek_checkpoint
+from ray_fer.config import ConfigError
 from ray_fer.data.formats.ckplus import CLASS_NAMES as CK_CLASSES
 from ray_fer.data.formats.fer2013 import CLASS_NAMES as FER_CLASSES
+from ray_fer.data.info import DataInfo
+from ray_fer.methods.registry import get_method, method_config
 from ray_fer.storage import resolve
-from ray_fer.train import loop
-from ray_fer.train.checkpoint import copy_folder, load_checkpoint, peek_checkpoint
+from ray_fer.train import epoch, plan
 from ray_fer.train.init_from import check_init, class_rows, load_matching, output_layer
-from ray_fer.train.steps import DataInfo, method_for
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +28,10 @@ def fer_checkpoint(tmp_path_factory):
 
 
 def _build(classes, init: str = "", channels: int = 1, seed: int = 1):
-    cfg = build_config("deep_emotion", "classify",
-                       flags={"model.init": init, "train.seed": seed, "data.uri": "unused"})
+    cfg = method_config("deep_emotion", flags={"model.init": init, "train.seed": seed,
+                                               "data.uri": "unused"})
     info = DataInfo(class_names=list(classes), image_size=48, channels=channels)
-    state = loop.build_state(method_for("deep_emotion"), cfg, info, torch.device("cpu"), 1)
+    state = epoch.build_state(get_method("deep_emotion"), cfg, info, torch.device("cpu"), 1)
     return state.modules["model"]
 
 
@@ -81,11 +82,11 @@ def test_a_checkpoint_of_another_model_or_input_is_refused_naming_what_differs(
 def test_plan_run_refuses_a_checkpoint_that_does_not_fit_before_ray_starts(
         fer_checkpoint, tmp_path):
     shards = write_tiny_shards(tmp_path / "shards")
-    cfg = build_config("deep_emotion", "classify", flags={
+    cfg = method_config("deep_emotion", flags={
         "data.uri": shards, "data.channels": 3, "model.init": str(fer_checkpoint),
         "run.storage": str(tmp_path / "runs"), "run.name": "finetune"})
     with pytest.raises(ConfigError, match="does not fit"):
-        loop.plan_run(cfg)
+        plan.plan_run(cfg)
     assert not (tmp_path / "runs").exists()  # nothing written
 
 
@@ -130,12 +131,12 @@ def test_the_plan_time_check_passes_a_fitting_checkpoint_with_every_network_on_m
     built = []
 
     def build_modules(cfg, info):
-        built.append(method_for("deep_emotion").build_modules(cfg, info))
+        built.append(get_method("deep_emotion").build_modules(cfg, info))
         return built[-1]
 
-    method = dataclasses.replace(method_for("deep_emotion"), build_modules=build_modules)
-    cfg = build_config("deep_emotion", "classify",
-                       flags={"model.init": str(fer_checkpoint), "data.uri": "unused"})
+    method = dataclasses.replace(get_method("deep_emotion"), build_modules=build_modules)
+    cfg = method_config("deep_emotion", flags={"model.init": str(fer_checkpoint),
+                                               "data.uri": "unused"})
     check_init(method, cfg, DataInfo(class_names=list(CK_CLASSES), image_size=48, channels=1))
     tensors = [t for modules in built for m in modules.values() for t in m.state_dict().values()]
     assert tensors and all(tensor.is_meta for tensor in tensors)
@@ -144,9 +145,8 @@ def test_the_plan_time_check_passes_a_fitting_checkpoint_with_every_network_on_m
 def test_the_plan_time_check_refuses_another_model_or_input_naming_what_differs(
         fer_checkpoint, tmp_path):
     def check(init: str, channels: int = 1) -> None:
-        cfg = build_config("deep_emotion", "classify",
-                           flags={"model.init": init, "data.uri": "unused"})
-        check_init(method_for("deep_emotion"), cfg,
+        cfg = method_config("deep_emotion", flags={"model.init": init, "data.uri": "unused"})
+        check_init(get_method("deep_emotion"), cfg,
                    DataInfo(class_names=list(FER_CLASSES), image_size=48, channels=channels))
 
     with pytest.raises(ConfigError, match=r"model\.init.*holds a vgg_bn model.*deep_emotion"):

@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from ray_fer.checkpoint import CHECKPOINT_FILES, checkpoint_name
 from ray_fer.storage import resolve
-from ray_fer.train.checkpoint import CHECKPOINT_FILES
-from ray_fer.train.loop import (
-    CHECKPOINT_PREFIX,
-    TRAIN_SNAPSHOT,
-    latest_checkpoint_epoch,
-    resumed_epoch,
-)
+from ray_fer.train.plan import latest_checkpoint_epoch
+from ray_fer.train.runtime import TRAIN_SNAPSHOT, resumed_epoch
 
 
 def _checkpoint(run: Path, epoch: int, files=CHECKPOINT_FILES) -> None:
-    folder = run / f"{CHECKPOINT_PREFIX}{epoch:04d}"
+    folder = run / checkpoint_name(epoch)
     folder.mkdir(parents=True)
     for name in files:
         (folder / name).write_text("x")
@@ -41,7 +37,7 @@ def _snapshot(run: Path, latest: dict | None) -> None:
 
 
 @pytest.mark.parametrize(("latest", "planned", "expected"), [
-    ({"checkpoint_dir_name": f"{CHECKPOINT_PREFIX}0003", "metrics": {}}, 0, 4),
+    ({"checkpoint_dir_name": checkpoint_name(3), "metrics": {}}, 0, 4),
     (None, 2, 2),
     ({"checkpoint_dir_name": "checkpoint_2026-11-23", "metrics": {}}, 1, 1),
 ], ids=["registered", "none-yet", "not-ours"])

@@ -7,9 +7,9 @@ import optuna
 import pytest
 import yaml
 
-from ray_fer.config import ConfigError, build_config
-from ray_fer.train.steps import method_for
-from ray_fer.tune import base_configs, parser
+from ray_fer.config import ConfigError
+from ray_fer.methods.registry import method_config
+from ray_fer.tune import PACKAGED_SPACES, base_configs, default_space_path, parser
 from ray_fer.tuning.space import SearchSpaceError
 
 SPACES = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
@@ -124,11 +124,11 @@ def test_a_space_searches_several_methods_with_conditional_keys(tmp_path):
 def test_packaged_start_points_are_each_methods_recipe(tmp_path):
     vgg, wide = _load(tmp_path, {**CONDITIONAL, "start_with": ["packaged"]},
                       name="vgg_bn").space.start_points
-    recipe = build_config("vgg_bn", "classify")
+    recipe = method_config("vgg_bn")
     assert vgg == {"method": "vgg_bn", "optim.optimizer": "sgd",
                    "optim.lr|optim.optimizer=sgd": recipe.optim.lr,
                    "optim.momentum": recipe.optim.momentum, "loss.l2": recipe.loss.l2}
-    recipe = build_config("deep_emotion_wide", "classify")
+    recipe = method_config("deep_emotion_wide")
     assert wide == {"method": "deep_emotion_wide", "optim.optimizer": "adam",
                     "optim.lr|optim.optimizer=adam": recipe.optim.lr,
                     "model.options.width": 64, "loss.l2": recipe.loss.l2}
@@ -175,7 +175,7 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
     only under-trained models of an SGD method."""
     space = base_configs(parser().parse_args([path.stem])).space
     for method in space.methods:
-        cfg = build_config(method, method_for(method).family)
+        cfg = method_config(method)
         ranges = [p for p in space.params if p.key == "optim.lr"
                   and dict(p.when).get("optim.optimizer", (cfg.optim.optimizer,))
                   .__contains__(cfg.optim.optimizer)]
@@ -183,7 +183,7 @@ def test_searched_learning_rates_bracket_the_packaged_one(path):
 
 
 def test_packaged_deep_emotion_start_point_is_the_packaged_default_config():
-    cfg = build_config("deep_emotion", "classify")
+    cfg = method_config("deep_emotion")
     (point,) = base_configs(parser().parse_args(["deep_emotion"])).space.start_points
     assert point["loss.l2"] == cfg.loss.l2 and point["train.batch_size"] == cfg.train.batch_size
     assert point["optim.lr|optim.optimizer=adam/adamw"] == cfg.optim.lr
@@ -209,3 +209,16 @@ def test_flags_and_set_fix_a_searched_key_for_every_trial(tmp_path):
     assert search.max_epochs == 2 and search.first.optim.optimizer == "sgd"
     vgg = space.start_points[0]
     assert "optim.optimizer" not in vgg and vgg["optim.lr|optim.optimizer=sgd"] == 0.05
+
+
+def test_spaces_are_found_in_the_working_directory_first_then_in_the_package(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_space_path("caf") == PACKAGED_SPACES / "caf.yaml"
+    assert (PACKAGED_SPACES / "caf.yaml").read_text() == next(
+        p for p in SPACES if p.stem == "caf").read_text()
+    (tmp_path / "search_spaces").mkdir()
+    (tmp_path / "search_spaces" / "caf.yaml").write_text("method: caf\n")
+    assert default_space_path("caf") == tmp_path / "search_spaces" / "caf.yaml"
+    with pytest.raises(ConfigError, match="no search space 'nope'"):
+        default_space_path("nope")

@@ -137,6 +137,10 @@ def test_results_table_best_config_and_checkpoint_are_exported(search):
     config = yaml.safe_load((search / "best_config.yaml").read_text())
     assert config["optim"]["lr"] == pytest.approx(float(best["optim.lr"]), rel=1e-5)
     assert any((search / "best_checkpoint").iterdir())
+    # best_epoch numbers epochs from 0, as the checkpoints do: the exported best checkpoint
+    # is of that epoch.
+    exported = json.loads((search / "best_checkpoint" / "meta.json").read_text())
+    assert int(best["best_epoch"]) == exported["epoch"]
 
 
 def _event_files(exp: Path) -> list[Path]:
@@ -167,7 +171,8 @@ def test_each_trial_run_logs_every_epoch_it_ran_to_its_own_tensorboard(search):
         acc.Reload()
         steps = [e.step for e in acc.Scalars("accuracy/val")]
         epochs = int(row["epochs"])
-        assert steps[:epochs] == list(range(1, epochs + 1)) and len(steps) <= epochs + 1, row
+        # Steps are epochs, numbered from 0 as the checkpoints number them.
+        assert steps[:epochs] == list(range(epochs)) and len(steps) <= epochs + 1, row
         assert acc.Images("best/confusion"), row
 
 
